@@ -1,0 +1,157 @@
+//! Command-line types (clap). Parsing only: validation and derived values
+//! live in [`crate::config`]. Every flag can also be set through an
+//! environment variable `LATCHKEY_<FLAG>` (dashes become underscores).
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(name = "latchkey", version, about = "A self-hosted auth token server")]
+pub struct Cli {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags shared by every command.
+#[derive(Debug, Args, Clone)]
+pub struct CommonArgs {
+    /// Path of the redb database file. Its folder is created if missing.
+    #[arg(
+        long,
+        global = true,
+        env = "LATCHKEY_DATA",
+        default_value = "data/latchkey.redb"
+    )]
+    pub data: PathBuf,
+
+    /// argon2id memory cost in KiB for new password hashes (OWASP: 19456).
+    #[arg(
+        long,
+        global = true,
+        env = "LATCHKEY_ARGON2_MEMORY",
+        default_value_t = 19456
+    )]
+    pub argon2_memory: u32,
+
+    /// argon2id iterations for new password hashes (OWASP: 2).
+    #[arg(
+        long,
+        global = true,
+        env = "LATCHKEY_ARGON2_ITERATIONS",
+        default_value_t = 2
+    )]
+    pub argon2_iterations: u32,
+
+    /// argon2id parallelism for new password hashes (OWASP: 1).
+    #[arg(
+        long,
+        global = true,
+        env = "LATCHKEY_ARGON2_PARALLELISM",
+        default_value_t = 1
+    )]
+    pub argon2_parallelism: u32,
+
+    /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `latchkey=debug`.
+    #[arg(long, global = true, env = "LATCHKEY_LOG", default_value = "info")]
+    pub log: String,
+}
+
+#[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once at start-up
+pub enum Command {
+    /// Run the HTTP server.
+    Serve(ServeArgs),
+    /// Manage users in the database (the server must not be running).
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ServeArgs {
+    /// TCP port to listen on (0 picks a free one).
+    #[arg(long, env = "LATCHKEY_PORT", default_value_t = 8080)]
+    pub port: u16,
+
+    /// Address to listen on.
+    #[arg(long, env = "LATCHKEY_BIND", default_value = "127.0.0.1")]
+    pub bind: String,
+
+    /// HS256 signing secret, used as its raw UTF-8 bytes (at least 32 bytes).
+    #[arg(
+        long,
+        env = "LATCHKEY_SECRET",
+        hide_env_values = true,
+        conflicts_with = "secret_file"
+    )]
+    pub secret: Option<String>,
+
+    /// File holding the HS256 signing secret (raw bytes, one trailing newline removed).
+    #[arg(long, env = "LATCHKEY_SECRET_FILE")]
+    pub secret_file: Option<PathBuf>,
+
+    /// Lifetime of an access token (`30s`, `15m`, `1h`, `7d`).
+    #[arg(long, env = "LATCHKEY_ACCESS_TTL", default_value = "1h")]
+    pub access_ttl: String,
+
+    /// Lifetime of a refresh token, counted from its issue or rotation.
+    #[arg(long, env = "LATCHKEY_REFRESH_TTL", default_value = "7d")]
+    pub refresh_ttl: String,
+
+    /// How long after a rotation the rotated token may be presented again and
+    /// receive the same new refresh token instead of revoking the session; 0 turns it off.
+    #[arg(long, env = "LATCHKEY_REUSE_GRACE", default_value = "10s")]
+    pub reuse_grace: String,
+
+    /// Absolute lifetime of a login session; rotation never extends past it.
+    #[arg(long, env = "LATCHKEY_SESSION_TTL", default_value = "30d")]
+    pub session_ttl: String,
+
+    /// Which role ids each login `type` admits, as `TYPE=ROLE[+ROLE…]`;
+    /// repeatable or comma-separated. Replaces the default `web=2,mobile=1`.
+    #[arg(long, env = "LATCHKEY_TYPE_ROLE", value_delimiter = ',')]
+    pub type_role: Vec<String>,
+
+    /// Create a user at start if its email is not taken yet, as
+    /// `EMAIL:ROLE:NAME:PASSWORD` (the password is everything after the third colon). Repeatable.
+    #[arg(long, env = "LATCHKEY_SEED_USER", hide_env_values = true)]
+    pub seed_user: Vec<String>,
+
+    /// How many password hashes may run at once (default: the number of cores).
+    #[arg(long, env = "LATCHKEY_HASH_WORKERS")]
+    pub hash_workers: Option<usize>,
+
+    /// How often expired sessions are removed from the database.
+    #[arg(long, env = "LATCHKEY_SWEEP_INTERVAL", default_value = "1m")]
+    pub sweep_interval: String,
+
+    /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
+    #[arg(long, env = "LATCHKEY_SHUTDOWN_TIMEOUT", default_value = "10s")]
+    pub shutdown_timeout: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add a user. The password is read from stdin (one line) or prompted for.
+    Add {
+        #[arg(long, env = "LATCHKEY_EMAIL")]
+        email: String,
+        #[arg(long, env = "LATCHKEY_NAME")]
+        name: String,
+        /// Integer role id (by default 1 = mobile, 2 = web).
+        #[arg(long, env = "LATCHKEY_ROLE")]
+        role: i64,
+    },
+    /// List users (no password hashes are printed).
+    List {
+        /// Print one JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a user and revoke all of their sessions.
+    Remove {
+        #[arg(long, env = "LATCHKEY_EMAIL")]
+        email: String,
+    },
+}

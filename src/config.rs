@@ -1,0 +1,487 @@
+//! Flags and environment → validated configuration.
+//!
+//! Raw clap values ([`crate::cli`]) become typed values here: durations,
+//! the signing secret (loaded or generated once), the login-type → role map,
+//! seed users, argon2 parameters. Everything is checked at start-up so a bad
+//! value stops the process with a clear message instead of failing a request.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::cli::{CommonArgs, ServeArgs};
+
+/// RFC 7518 §3.2: an HS256 key must be at least as long as the hash output.
+pub const MIN_SECRET_BYTES: usize = 32;
+/// Longest password accepted; longer ones are refused before hashing.
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+/// Shortest password `user add` and `--seed-user` accept.
+pub const MIN_PASSWORD_CHARS: usize = 8;
+
+/// A configuration problem, reported at start-up.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err<T>(text: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError(text.into()))
+}
+
+/// Key material; `Debug` never shows the bytes.
+#[derive(Clone)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    pub fn new(bytes: Vec<u8>) -> Result<Self, ConfigError> {
+        if bytes.len() < MIN_SECRET_BYTES {
+            return err(format!(
+                "the signing secret is {} bytes; HS256 needs at least {MIN_SECRET_BYTES} bytes (256 bits, RFC 7518 §3.2). \
+                 Use a longer --secret, or omit it to let latchkey generate one",
+                bytes.len()
+            ));
+        }
+        Ok(Secret(bytes))
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret(<{} bytes>)", self.0.len())
+    }
+}
+
+/// Parses `30s`, `15m`, `1h`, `7d` (or a bare number of seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, ConfigError> {
+    let text = text.trim();
+    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let value: u64 = digits.parse().map_err(|_| {
+        ConfigError(format!(
+            "invalid duration {text:?}: expected e.g. 30s, 15m, 1h, 7d"
+        ))
+    })?;
+    let unit_seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => {
+            return err(format!(
+                "invalid duration {text:?}: the unit must be s, m, h or d"
+            ))
+        }
+    };
+    value
+        .checked_mul(unit_seconds)
+        .map(Duration::from_secs)
+        .ok_or_else(|| ConfigError(format!("duration {text:?} is too large")))
+}
+
+/// Argon2id cost parameters for new hashes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Argon2Costs {
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+}
+
+impl Argon2Costs {
+    pub fn from_args(args: &CommonArgs) -> Result<Self, ConfigError> {
+        let costs = Argon2Costs {
+            memory_kib: args.argon2_memory,
+            iterations: args.argon2_iterations,
+            parallelism: args.argon2_parallelism,
+        };
+        costs.to_params()?;
+        Ok(costs)
+    }
+
+    pub fn to_params(self) -> Result<argon2::Params, ConfigError> {
+        argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, None)
+            .map_err(|e| ConfigError(format!("invalid argon2 parameters: {e}")))
+    }
+}
+
+/// A user to create at start if the email is free.
+#[derive(Clone)]
+pub struct SeedUser {
+    pub email: String,
+    pub role_id: i64,
+    pub name: String,
+    pub password: String,
+}
+
+impl fmt::Debug for SeedUser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SeedUser")
+            .field("email", &self.email)
+            .field("role_id", &self.role_id)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Parses `EMAIL:ROLE:NAME:PASSWORD`; the password may itself contain colons.
+pub fn parse_seed_user(text: &str) -> Result<SeedUser, ConfigError> {
+    let mut parts = text.splitn(4, ':');
+    let (Some(email), Some(role), Some(name), Some(password)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return err("--seed-user must be EMAIL:ROLE:NAME:PASSWORD");
+    };
+    let email = normalize_email(email)
+        .ok_or_else(|| ConfigError("--seed-user: the email is not a valid address".into()))?;
+    let role_id = role
+        .trim()
+        .parse()
+        .map_err(|_| ConfigError(format!("--seed-user {email}: ROLE must be an integer")))?;
+    check_new_password(password)
+        .map_err(|why| ConfigError(format!("--seed-user {email}: {why}")))?;
+    if name.trim().is_empty() {
+        return err(format!("--seed-user {email}: NAME must not be empty"));
+    }
+    Ok(SeedUser {
+        email,
+        role_id,
+        name: name.trim().to_string(),
+        password: password.to_string(),
+    })
+}
+
+/// Rules for passwords set through the CLI. Login accepts any password up to
+/// [`MAX_PASSWORD_BYTES`]; only new passwords must meet a minimum.
+pub fn check_new_password(password: &str) -> Result<(), String> {
+    if password.chars().count() < MIN_PASSWORD_CHARS {
+        return Err(format!(
+            "the password must have at least {MIN_PASSWORD_CHARS} characters"
+        ));
+    }
+    if password.len() > MAX_PASSWORD_BYTES {
+        return Err(format!(
+            "the password must be at most {MAX_PASSWORD_BYTES} bytes"
+        ));
+    }
+    Ok(())
+}
+
+/// Trims and lower-cases an email; `None` when it is not a plausible address.
+pub fn normalize_email(raw: &str) -> Option<String> {
+    let email = raw.trim().to_lowercase();
+    let (local, domain) = email.split_once('@')?;
+    let plausible = !local.is_empty()
+        && !domain.is_empty()
+        && !domain.contains('@')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && email.len() <= 254
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control());
+    plausible.then_some(email)
+}
+
+/// Login `type` → role ids it admits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TypeRoles(BTreeMap<String, Vec<i64>>);
+
+impl Default for TypeRoles {
+    fn default() -> Self {
+        TypeRoles(BTreeMap::from([
+            ("web".to_string(), vec![2]),
+            ("mobile".to_string(), vec![1]),
+        ]))
+    }
+}
+
+impl TypeRoles {
+    /// Parses `TYPE=ROLE[+ROLE…]` entries; none given means the default map.
+    pub fn parse(entries: &[String]) -> Result<Self, ConfigError> {
+        if entries.iter().all(|e| e.trim().is_empty()) {
+            return Ok(TypeRoles::default());
+        }
+        let mut map: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+        for entry in entries.iter().filter(|e| !e.trim().is_empty()) {
+            let Some((kind, roles)) = entry.split_once('=') else {
+                return err(format!("--type-role {entry:?}: expected TYPE=ROLE[+ROLE…]"));
+            };
+            let kind = kind.trim();
+            if kind.is_empty() {
+                return err(format!("--type-role {entry:?}: TYPE is empty"));
+            }
+            let slot = map.entry(kind.to_string()).or_default();
+            for role in roles.split('+') {
+                let role = role.trim().parse().map_err(|_| {
+                    ConfigError(format!("--type-role {entry:?}: role ids must be integers"))
+                })?;
+                slot.push(role);
+            }
+        }
+        Ok(TypeRoles(map))
+    }
+
+    /// The roles a login `type` admits; `None` for an unknown type.
+    pub fn roles_for(&self, kind: &str) -> Option<&[i64]> {
+        self.0.get(kind).map(Vec::as_slice)
+    }
+
+    pub fn known_types(&self) -> Vec<&str> {
+        self.0.keys().map(String::as_str).collect()
+    }
+}
+
+/// Token and session lifetimes.
+#[derive(Debug, Clone, Copy)]
+pub struct Lifetimes {
+    pub access_ttl: Duration,
+    pub refresh_ttl: Duration,
+    pub reuse_grace: Duration,
+    pub session_ttl: Duration,
+}
+
+/// Everything `serve` needs, validated.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub bind: String,
+    pub port: u16,
+    pub data: PathBuf,
+    pub secret: Secret,
+    pub lifetimes: Lifetimes,
+    pub type_roles: TypeRoles,
+    pub argon2: Argon2Costs,
+    pub hash_workers: usize,
+    pub seed_users: Vec<SeedUser>,
+    pub sweep_interval: Duration,
+    pub shutdown_timeout: Duration,
+}
+
+impl ServeConfig {
+    pub fn from_args(common: &CommonArgs, args: &ServeArgs) -> Result<Self, ConfigError> {
+        let lifetimes = Lifetimes {
+            access_ttl: parse_duration(&args.access_ttl)?,
+            refresh_ttl: parse_duration(&args.refresh_ttl)?,
+            reuse_grace: parse_duration(&args.reuse_grace)?,
+            session_ttl: parse_duration(&args.session_ttl)?,
+        };
+        for (flag, value) in [
+            ("--access-ttl", lifetimes.access_ttl),
+            ("--refresh-ttl", lifetimes.refresh_ttl),
+            ("--session-ttl", lifetimes.session_ttl),
+        ] {
+            if value.is_zero() {
+                return err(format!("{flag} must be longer than 0"));
+            }
+        }
+        let sweep_interval = parse_duration(&args.sweep_interval)?;
+        if sweep_interval.is_zero() {
+            return err("--sweep-interval must be longer than 0");
+        }
+        let hash_workers = match args.hash_workers {
+            Some(0) => return err("--hash-workers must be at least 1"),
+            Some(n) => n,
+            None => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+        };
+        let secret = match (&args.secret, &args.secret_file) {
+            (Some(text), _) => Secret::new(text.as_bytes().to_vec())?,
+            (None, Some(path)) => read_secret_file(path)?,
+            (None, None) => {
+                ensure_data_folder(&common.data)?;
+                load_or_generate_secret(&generated_secret_path(&common.data))?
+            }
+        };
+        Ok(ServeConfig {
+            bind: args.bind.clone(),
+            port: args.port,
+            data: common.data.clone(),
+            secret,
+            lifetimes,
+            type_roles: TypeRoles::parse(&args.type_role)?,
+            argon2: Argon2Costs::from_args(common)?,
+            hash_workers,
+            seed_users: args
+                .seed_user
+                .iter()
+                .map(|s| parse_seed_user(s))
+                .collect::<Result<_, _>>()?,
+            sweep_interval,
+            shutdown_timeout: parse_duration(&args.shutdown_timeout)?,
+        })
+    }
+}
+
+/// Where a generated secret is kept: beside the database, `<stem>.secret`.
+pub fn generated_secret_path(data: &Path) -> PathBuf {
+    data.with_extension("secret")
+}
+
+fn read_secret_file(path: &Path) -> Result<Secret, ConfigError> {
+    let mut bytes = fs::read(path)
+        .map_err(|e| ConfigError(format!("cannot read --secret-file {}: {e}", path.display())))?;
+    if bytes.last() == Some(&b'\n') {
+        bytes.pop();
+    }
+    Secret::new(bytes)
+}
+
+/// Reads the generated secret, or creates it (32 random bytes, mode 0600) on first start.
+fn load_or_generate_secret(path: &Path) -> Result<Secret, ConfigError> {
+    match fs::read(path) {
+        Ok(bytes) => return Secret::new(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return err(format!(
+                "cannot read the secret file {}: {e}",
+                path.display()
+            ))
+        }
+    }
+    let mut bytes = vec![0u8; MIN_SECRET_BYTES];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| ConfigError(format!("no randomness available: {e}")))?;
+    let write = || -> std::io::Result<()> {
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)?;
+        file.write_all(&bytes)?;
+        file.sync_all()
+    };
+    write().map_err(|e| {
+        ConfigError(format!(
+            "cannot write the secret file {}: {e}",
+            path.display()
+        ))
+    })?;
+    tracing::info!(path = %path.display(), "generated a new signing secret");
+    Secret::new(bytes)
+}
+
+/// Creates the database's folder (mode 0700) if it does not exist yet.
+pub fn ensure_data_folder(data: &Path) -> Result<(), ConfigError> {
+    let Some(folder) = data.parent().filter(|p| !p.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    if folder.exists() {
+        return Ok(());
+    }
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(folder)
+        .map_err(|e| {
+            ConfigError(format!(
+                "cannot create the data folder {}: {e}",
+                folder.display()
+            ))
+        })?;
+    // `recursive` applies the mode only through umask; set it exactly.
+    let _ = fs::set_permissions(folder, fs::Permissions::from_mode(0o700));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(604_800));
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        assert!(parse_duration("1w").is_err());
+        assert!(parse_duration("h").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("99999999999999999999d").is_err());
+    }
+
+    #[test]
+    fn emails_are_trimmed_lowercased_and_checked() {
+        assert_eq!(
+            normalize_email("  Ana@Example.COM ").as_deref(),
+            Some("ana@example.com")
+        );
+        assert_eq!(normalize_email("ana"), None);
+        assert_eq!(normalize_email("@example.com"), None);
+        assert_eq!(normalize_email("ana@"), None);
+        assert_eq!(normalize_email("a@b@c"), None);
+        assert_eq!(normalize_email("a b@c.d"), None);
+    }
+
+    #[test]
+    fn type_roles() {
+        let default = TypeRoles::parse(&[]).unwrap();
+        assert_eq!(default.roles_for("web"), Some(&[2][..]));
+        assert_eq!(default.roles_for("mobile"), Some(&[1][..]));
+        assert_eq!(default.roles_for("desktop"), None);
+        let custom = TypeRoles::parse(&["web=2+3".into(), "kiosk=7".into()]).unwrap();
+        assert_eq!(custom.roles_for("web"), Some(&[2, 3][..]));
+        assert_eq!(custom.roles_for("mobile"), None);
+        assert!(TypeRoles::parse(&["web".into()]).is_err());
+        assert!(TypeRoles::parse(&["web=x".into()]).is_err());
+    }
+
+    #[test]
+    fn seed_user_password_keeps_colons() {
+        let seed = parse_seed_user("Ana@Example.com:2:Ana Admin:pa:ss:word").unwrap();
+        assert_eq!(seed.email, "ana@example.com");
+        assert_eq!(seed.role_id, 2);
+        assert_eq!(seed.name, "Ana Admin");
+        assert_eq!(seed.password, "pa:ss:word");
+        assert!(!format!("{seed:?}").contains("pa:ss"));
+        assert!(parse_seed_user("ana@example.com:2:Ana").is_err());
+        assert!(parse_seed_user("ana@example.com:x:Ana:password1").is_err());
+        assert!(parse_seed_user("ana@example.com:2:Ana:short").is_err());
+    }
+
+    #[test]
+    fn short_secrets_are_refused_and_never_printed() {
+        assert!(Secret::new(vec![1; 31]).is_err());
+        let secret = Secret::new(b"0123456789abcdef0123456789abcdef".to_vec()).unwrap();
+        assert!(!format!("{secret:?}").contains("0123"));
+    }
+
+    #[test]
+    fn generated_secret_is_stable_and_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("latchkey.secret");
+        let first = load_or_generate_secret(&path).unwrap();
+        let second = load_or_generate_secret(&path).unwrap();
+        assert_eq!(first.bytes(), second.bytes());
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+
+    #[test]
+    fn secret_file_loses_one_trailing_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        fs::write(&path, b"0123456789abcdef0123456789abcdef\n").unwrap();
+        assert_eq!(
+            read_secret_file(&path).unwrap().bytes(),
+            b"0123456789abcdef0123456789abcdef"
+        );
+        fs::write(&path, b"short\n").unwrap();
+        assert!(read_secret_file(&path).is_err());
+    }
+}

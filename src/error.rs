@@ -1,0 +1,122 @@
+//! The one error type of the request path and its mapping to HTTP.
+//!
+//! Every failure a client can see is a variant here, named in domain words.
+//! [`Error::status`] and [`Error::code`] are the only place that chooses a
+//! status code or an error code. Client errors carry a fixed, short message;
+//! internal errors are logged with their cause under an id, and the client
+//! sees only that id. No variant ever carries a token or a password.
+
+use hyper::StatusCode;
+use std::fmt;
+
+use crate::store::StoreError;
+
+#[derive(Debug)]
+pub enum Error {
+    /// Malformed JSON, a missing or mistyped field, an invalid value. The text
+    /// names the field; it never repeats the value the client sent.
+    InvalidRequest(String),
+    InvalidCredentials,
+    RoleNotAllowed,
+    /// A token that does not verify, is malformed, of the wrong type, or
+    /// names an unknown session. The text says which, without the token.
+    InvalidToken(&'static str),
+    TokenExpired,
+    TokenReused,
+    SessionRevoked,
+    UserNotFound,
+    NotFound,
+    MethodNotAllowed {
+        allow: &'static str,
+    },
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    /// The database cannot serve the request right now.
+    Unavailable(StoreError),
+    /// A bug or an unexpected failure; the cause is logged, not sent.
+    Internal(String),
+}
+
+impl Error {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            Error::InvalidCredentials
+            | Error::InvalidToken(_)
+            | Error::TokenExpired
+            | Error::TokenReused
+            | Error::SessionRevoked => StatusCode::UNAUTHORIZED,
+            Error::RoleNotAllowed => StatusCode::FORBIDDEN,
+            Error::UserNotFound | Error::NotFound => StatusCode::NOT_FOUND,
+            Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Error::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::InvalidRequest(_) => "invalid_request",
+            Error::InvalidCredentials => "invalid_credentials",
+            Error::RoleNotAllowed => "role_not_allowed",
+            Error::InvalidToken(_) => "invalid_token",
+            Error::TokenExpired => "token_expired",
+            Error::TokenReused => "token_reused",
+            Error::SessionRevoked => "session_revoked",
+            Error::UserNotFound => "user_not_found",
+            Error::NotFound => "not_found",
+            Error::MethodNotAllowed { .. } => "method_not_allowed",
+            Error::PayloadTooLarge => "payload_too_large",
+            Error::UnsupportedMediaType => "unsupported_media_type",
+            Error::Unavailable(_) => "unavailable",
+            Error::Internal(_) => "internal_error",
+        }
+    }
+
+    /// The human text for the client. Internal causes are not included.
+    pub fn client_message(&self) -> String {
+        match self {
+            Error::InvalidRequest(text) => text.clone(),
+            Error::InvalidCredentials => "email or password is incorrect".into(),
+            Error::RoleNotAllowed => "this account may not log in to this client type".into(),
+            Error::InvalidToken(why) => format!("the token is invalid: {why}"),
+            Error::TokenExpired => "the token has expired; log in again".into(),
+            Error::TokenReused => {
+                "this refresh token was already used; its session has been revoked".into()
+            }
+            Error::SessionRevoked => "the session has been revoked; log in again".into(),
+            Error::UserNotFound => "the user behind this token no longer exists".into(),
+            Error::NotFound => "no such endpoint".into(),
+            Error::MethodNotAllowed { allow } => format!("method not allowed; use {allow}"),
+            Error::PayloadTooLarge => "the request body is larger than 16 KiB".into(),
+            Error::UnsupportedMediaType => "the request body must be application/json".into(),
+            Error::Unavailable(_) => "the database is unavailable; try again later".into(),
+            Error::Internal(_) => "internal error".into(),
+        }
+    }
+
+    /// Whether this error should be logged with its cause (server-side faults).
+    pub fn is_server_fault(&self) -> bool {
+        matches!(self, Error::Unavailable(_) | Error::Internal(_))
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Unavailable(cause) => write!(f, "unavailable: {cause}"),
+            Error::Internal(cause) => write!(f, "internal: {cause}"),
+            other => write!(f, "{}: {}", other.code(), other.client_message()),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<StoreError> for Error {
+    fn from(err: StoreError) -> Self {
+        Error::Unavailable(err)
+    }
+}

@@ -1,0 +1,33 @@
+//! latchkey: a self-hosted auth token server.
+//!
+//! Users log in with email and password and receive a short-lived HS256 access
+//! token and a rotating refresh token. Every refresh token belongs to a
+//! session (a token family); presenting a token that was already rotated
+//! revokes the whole family. Users and sessions live in one embedded redb file.
+//!
+//! # Layout
+//! - [`cli`]: clap types only.
+//! - [`config`]: flags and environment → a validated [`config::ServeConfig`].
+//! - [`error`]: the one [`error::Error`] type and its mapping to status codes.
+//! - [`tokens`]: JWT claims, signing and verification (pure, takes `now`).
+//! - [`passwords`]: argon2id hashing on a bounded blocking pool.
+//! - [`session`]: the refresh-token state machine (rotation, reuse, grace).
+//! - [`auth`]: the use cases (login, refresh, profile, logout); no HTTP.
+//! - [`store`]: the storage interface in domain words, and its redb backend.
+//! - [`http`]: routing, body limits, JSON in and out.
+//! - [`server`]: the accept loop, connection limits and graceful shutdown.
+//! - [`app`]: wiring: config → store, keys, hasher → the shared state.
+
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod passwords;
+pub mod server;
+pub mod session;
+pub mod store;
+pub mod tokens;

@@ -1,0 +1,159 @@
+//! The storage interface, in domain words.
+//!
+//! Handlers and use cases see only [`Store`]; no backend type leaks out. The
+//! rules (rotation, reuse, expiry) live in [`crate::session`]; a backend's job
+//! is to apply them atomically and durably: [`Store::refresh_session`] runs
+//! [`crate::session::Session::refresh`] against the state its transaction
+//! sees and answers only after the result is committed.
+//!
+//! Today there is one backend, [`redb::RedbStore`]; a PostgreSQL backend for
+//! several instances would implement the same trait.
+
+pub mod redb;
+
+use async_trait::async_trait;
+use std::fmt;
+
+use crate::session::{
+    Millis, RefreshDecision, RotationPolicy, Session, SessionId, TokenId, UserId,
+};
+
+/// A stored user. Holds the password hash, so it is never serialised to a
+/// client (HTTP answers use their own types) and its `Debug` hides the hash.
+#[derive(Clone, PartialEq, Eq)]
+pub struct User {
+    pub id: UserId,
+    /// Normalised: trimmed and lower-cased.
+    pub email: String,
+    pub name: String,
+    pub role_id: i64,
+    pub password_hash: String,
+    pub created_at: Millis,
+}
+
+impl fmt::Debug for User {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("User")
+            .field("id", &self.id)
+            .field("email", &self.email)
+            .field("name", &self.name)
+            .field("role_id", &self.role_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`Store::create_user`] needs; the store assigns the id.
+#[derive(Clone)]
+pub struct NewUser {
+    pub email: String,
+    pub name: String,
+    pub role_id: i64,
+    pub password_hash: String,
+    pub created_at: Millis,
+}
+
+/// The result of presenting a refresh token to its session.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // moved once per request; boxing would cost more
+pub enum RefreshOutcome {
+    /// No user with the token's `sub` exists (any more).
+    UserGone,
+    /// No such session, or it belongs to another user.
+    UnknownSession,
+    /// The state machine decided; `session` is the state after the decision
+    /// (already committed), `user` the session's owner.
+    Decided {
+        decision: RefreshDecision,
+        session: Session,
+        user: User,
+    },
+}
+
+/// How far a logout reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogoutScope {
+    /// The presented token's session.
+    Session,
+    /// Every session of the token's user.
+    AllSessionsOfUser,
+}
+
+/// A storage failure. Never shown to clients (they get `unavailable`).
+#[derive(Debug)]
+pub enum StoreError {
+    /// Another process holds the database file.
+    Locked(String),
+    /// The backend failed (I/O, disk full, …).
+    Backend(String),
+    /// A record could not be decoded.
+    Corrupt(String),
+    /// The store is shutting down.
+    Closed,
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Locked(path) => write!(
+                f,
+                "the database {path} is in use by another process (is `latchkey serve` running with this --data?). \
+                 Stop that process and retry, or seed users at start with `latchkey serve --seed-user …`"
+            ),
+            StoreError::Backend(cause) => write!(f, "storage failure: {cause}"),
+            StoreError::Corrupt(cause) => write!(f, "corrupt record: {cause}"),
+            StoreError::Closed => write!(f, "the store is closed"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates a user; `Ok(None)` when the email is already taken.
+    async fn create_user(&self, user: NewUser) -> StoreResult<Option<User>>;
+    async fn user_by_email(&self, email: &str) -> StoreResult<Option<User>>;
+    async fn list_users(&self) -> StoreResult<Vec<User>>;
+    /// Removes a user and deletes all of their sessions; `None` if unknown.
+    async fn remove_user(&self, email: &str) -> StoreResult<Option<User>>;
+    /// Replaces a password hash if it is still `old_hash` (after a parameter upgrade).
+    async fn replace_password_hash(
+        &self,
+        id: UserId,
+        old_hash: &str,
+        new_hash: &str,
+    ) -> StoreResult<bool>;
+
+    async fn create_session(&self, id: SessionId, session: &Session) -> StoreResult<()>;
+    /// A session and its owner, read from one consistent snapshot.
+    async fn session_with_user(
+        &self,
+        id: SessionId,
+    ) -> StoreResult<Option<(Session, Option<User>)>>;
+    /// Presents refresh token `presented` of user `user_id` to session `id`:
+    /// one atomic, durable step (see the module doc).
+    async fn refresh_session(
+        &self,
+        id: SessionId,
+        user_id: UserId,
+        presented: TokenId,
+        now: Millis,
+        policy: RotationPolicy,
+        fresh_jti: TokenId,
+    ) -> StoreResult<RefreshOutcome>;
+    /// Revokes the session, or all sessions of its user, if the session is
+    /// live and belongs to `user_id`. Returns how many sessions were revoked.
+    async fn logout(
+        &self,
+        id: SessionId,
+        user_id: UserId,
+        scope: LogoutScope,
+        now: Millis,
+    ) -> StoreResult<usize>;
+    /// Deletes up to `limit` sessions whose absolute end is before `now`.
+    async fn sweep_expired_sessions(&self, now: Millis, limit: usize) -> StoreResult<usize>;
+    /// Succeeds when the database is readable.
+    async fn ping(&self) -> StoreResult<()>;
+}
