@@ -1,0 +1,8 @@
+//! All integration tests, compiled into one binary. Each test starts its own
+//! server on port 0 with its own temporary data folder.
+
+mod api;
+mod cli;
+mod common;
+mod concurrency;
+mod durability;
