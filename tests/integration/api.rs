@@ -663,3 +663,73 @@ async fn hashes_with_old_parameters_are_upgraded_at_login() {
     assert!(after.contains("m=64,"), "upgraded: {after}");
     server.login("ana@example.com", None).await;
 }
+
+/// Raw bytes on the socket: bodies that lie about their length or stream past the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lying_and_oversized_bodies_get_4xx_not_5xx() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start().await;
+    let address = server.url.trim_start_matches("http://").to_string();
+    let send_raw = |raw: Vec<u8>| {
+        let address = address.clone();
+        async move {
+            let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+            stream.write_all(&raw).await.unwrap();
+            stream.shutdown().await.unwrap(); // the client sends nothing more
+            let mut answer = Vec::new();
+            let read = tokio::time::timeout(
+                std::time::Duration::from_secs(15),
+                stream.read_to_end(&mut answer),
+            );
+            read.await.expect("the server answers or closes").ok();
+            String::from_utf8_lossy(&answer).to_string()
+        }
+    };
+    // Content-Length says 100, 10 bytes arrive, then the client half-closes.
+    let truncated = b"POST /auth/login HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"email\":1".to_vec();
+    let answer = send_raw(truncated).await;
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
+        "{answer}"
+    );
+
+    // Chunked, no length up front, 20 KiB in total.
+    let mut chunked = b"POST /auth/login HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..20 {
+        chunked.extend_from_slice(b"400\r\n");
+        chunked.extend_from_slice(&[b' '; 1024]);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let answer = send_raw(chunked).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("payload_too_large"), "{answer}");
+
+    // A declared length over the limit is refused without reading the body.
+    let declared = b"POST /auth/refresh HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 999999\r\n\r\n".to_vec();
+    let answer = send_raw(declared).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+
+    // Invalid UTF-8 inside JSON.
+    let mut bad_utf8 = b"POST /auth/login HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 14\r\nconnection: close\r\n\r\n".to_vec();
+    bad_utf8.extend_from_slice(b"{\"email\":\"\xff\"}");
+    let answer = send_raw(bad_utf8).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_releases_the_database_for_the_next_start() {
+    let data = tempfile::tempdir().unwrap();
+    let path = data.path().join("latchkey.redb");
+    let server = TestServer::start_with(|c| c.data = path.clone()).await;
+    let tokens = server.login("ana@example.com", None).await;
+    let app = std::sync::Arc::clone(&server.app);
+    server.shutdown().await;
+    drop(app); // the last handle: the store's writer finishes and the file is closed
+
+    let server = TestServer::start_with(|c| c.data = path.clone()).await;
+    assert_eq!(
+        server.client.refresh(&tokens.refresh).await.status,
+        StatusCode::OK
+    );
+}

@@ -345,7 +345,6 @@ fn wait_with_timeout(mut child: Child, limit: Duration) -> std::process::Output 
 /// `latchkey serve` as a child process on a free port.
 pub struct ServerProcess {
     pub child: Child,
-    pub url: String,
     pub client: HttpClient,
     pub log: Arc<std::sync::Mutex<Vec<String>>>,
 }
@@ -398,7 +397,6 @@ impl ServerProcess {
         ServerProcess {
             child,
             client: HttpClient::new(&url),
-            url,
             log,
         }
     }
@@ -417,7 +415,20 @@ impl ServerProcess {
         let started = std::time::Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
+                // The stderr reader may lag behind the exit by a moment.
+                for _ in 0..100 {
+                    if self
+                        .log
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .any(|line| line.contains("stopped"))
+                    {
+                        return status;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                panic!("no clean stop in the log: {:?}", self.log.lock().unwrap());
             }
             assert!(
                 started.elapsed() < Duration::from_secs(20),
