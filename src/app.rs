@@ -35,10 +35,11 @@ impl App {
         config: ServeConfig,
     ) -> Result<Arc<App>, Box<dyn std::error::Error + Send + Sync>> {
         crate::config::ensure_data_folder(&config.data)?;
-        let path = config.data.clone();
-        let store = tokio::task::spawn_blocking(move || RedbStore::open(&path)).await??;
+        let (path, cache_bytes) = (config.data.clone(), config.cache_bytes);
+        let store =
+            tokio::task::spawn_blocking(move || RedbStore::open(&path, cache_bytes)).await??;
         let store: Arc<dyn Store> = Arc::new(store);
-        let passwords = Passwords::new(config.argon2, config.hash_workers)?;
+        let passwords = Passwords::new(config.argon2, config.hash_workers, config.hash_queue)?;
         let auth = Auth::new(
             store,
             TokenKeys::new(&config.secret),

@@ -160,23 +160,25 @@ impl Auth {
         }
     }
 
-    /// The profile behind an access token whose session is still live.
+    /// The profile carried by an access token whose session is still live.
+    /// The profile comes from the token: a user's sessions are deleted with
+    /// the user, so a live session implies its user exists.
     pub async fn profile(&self, access_token: &str, now: Millis) -> Result<Profile, Error> {
         let verified = self.keys.verify(access_token, TokenType::Access)?;
-        let Some((session, user)) = self.store.session_with_user(verified.session_id).await? else {
-            return Err(Error::InvalidToken("unknown session"));
-        };
-        if session.user_id != verified.user_id {
-            return Err(Error::InvalidToken("unknown session"));
-        }
+        let session = self.store.session(verified.session_id).await?;
+        let session = session
+            .filter(|s| s.user_id == verified.user_id)
+            .ok_or(Error::InvalidToken("unknown session"))?;
         if session.revoked {
             return Err(Error::SessionRevoked);
         }
         if !session.is_live(now) {
             return Err(Error::TokenExpired);
         }
-        let user = user.ok_or(Error::InvalidToken("unknown user"))?;
-        Ok(profile_of(&user))
+        verified
+            .claims
+            .profile
+            .ok_or(Error::InvalidToken("malformed profile"))
     }
 
     /// Revokes the token's session (or all of its user's sessions). A token of

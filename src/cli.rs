@@ -53,6 +53,10 @@ pub struct CommonArgs {
     )]
     pub argon2_parallelism: u32,
 
+    /// redb page cache in MiB. Pages outside it are read from the OS page cache.
+    #[arg(long, global = true, env = "LATCHKEY_CACHE_MB", default_value_t = 32)]
+    pub cache_mb: usize,
+
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `latchkey=debug`.
     #[arg(long, global = true, env = "LATCHKEY_LOG", default_value = "info")]
     pub log: String,
@@ -121,6 +125,10 @@ pub struct ServeArgs {
     /// How many password hashes may run at once (default: the number of cores).
     #[arg(long, env = "LATCHKEY_HASH_WORKERS")]
     pub hash_workers: Option<usize>,
+
+    /// How many logins may wait for a hashing worker; past that, login answers 503 at once.
+    #[arg(long, env = "LATCHKEY_HASH_QUEUE", default_value_t = 64)]
+    pub hash_queue: usize,
 
     /// How often expired sessions are removed from the database.
     #[arg(long, env = "LATCHKEY_SWEEP_INTERVAL", default_value = "1m")]

@@ -259,11 +259,14 @@ pub struct ServeConfig {
     pub bind: String,
     pub port: u16,
     pub data: PathBuf,
+    /// redb page cache, in bytes.
+    pub cache_bytes: usize,
     pub secret: Secret,
     pub lifetimes: Lifetimes,
     pub type_roles: TypeRoles,
     pub argon2: Argon2Costs,
     pub hash_workers: usize,
+    pub hash_queue: usize,
     pub seed_users: Vec<SeedUser>,
     pub sweep_interval: Duration,
     pub shutdown_timeout: Duration,
@@ -309,11 +312,13 @@ impl ServeConfig {
             bind: args.bind.clone(),
             port: args.port,
             data: common.data.clone(),
+            cache_bytes: common.cache_mb.saturating_mul(1024 * 1024),
             secret,
             lifetimes,
             type_roles: TypeRoles::parse(&args.type_role)?,
             argon2: Argon2Costs::from_args(common)?,
             hash_workers,
+            hash_queue: args.hash_queue,
             seed_users: args
                 .seed_user
                 .iter()

@@ -31,6 +31,8 @@ pub enum Error {
     },
     PayloadTooLarge,
     UnsupportedMediaType,
+    /// Too many password hashes are running or waiting; retry shortly.
+    Overloaded,
     /// The database cannot serve the request right now.
     Unavailable(StoreError),
     /// A bug or an unexpected failure; the cause is logged, not sent.
@@ -51,7 +53,7 @@ impl Error {
             Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Error::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Error::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Unavailable(_) | Error::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -70,6 +72,7 @@ impl Error {
             Error::MethodNotAllowed { .. } => "method_not_allowed",
             Error::PayloadTooLarge => "payload_too_large",
             Error::UnsupportedMediaType => "unsupported_media_type",
+            Error::Overloaded => "overloaded",
             Error::Unavailable(_) => "unavailable",
             Error::Internal(_) => "internal_error",
         }
@@ -92,6 +95,7 @@ impl Error {
             Error::MethodNotAllowed { allow } => format!("method not allowed; use {allow}"),
             Error::PayloadTooLarge => "the request body is larger than 16 KiB".into(),
             Error::UnsupportedMediaType => "the request body must be application/json".into(),
+            Error::Overloaded => "too many logins at once; retry shortly".into(),
             Error::Unavailable(_) => "the database is unavailable; try again later".into(),
             Error::Internal(_) => "internal error".into(),
         }

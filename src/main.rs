@@ -86,8 +86,11 @@ async fn shutdown_signal() {
 
 async fn open_store(common: &CommonArgs) -> Result<RedbStore, BoxError> {
     config::ensure_data_folder(&common.data)?;
-    let path = common.data.clone();
-    Ok(tokio::task::spawn_blocking(move || RedbStore::open(&path)).await??)
+    let (path, cache_bytes) = (
+        common.data.clone(),
+        common.cache_mb.saturating_mul(1024 * 1024),
+    );
+    Ok(tokio::task::spawn_blocking(move || RedbStore::open(&path, cache_bytes)).await??)
 }
 
 async fn user_command(common: &CommonArgs, command: UserCommand) -> Result<(), BoxError> {
@@ -98,7 +101,7 @@ async fn user_command(common: &CommonArgs, command: UserCommand) -> Result<(), B
             if name.trim().is_empty() {
                 return Err("--name must not be empty".into());
             }
-            let passwords = Passwords::new(Argon2Costs::from_args(common)?, 1)?;
+            let passwords = Passwords::new(Argon2Costs::from_args(common)?, 1, 1)?;
             let store = open_store(common).await?;
             let password = read_new_password()?;
             let created = latchkey::auth::create_user(

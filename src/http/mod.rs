@@ -61,7 +61,7 @@ pub fn error_response(error: &Error) -> HttpResponse {
         e if e.status() == StatusCode::UNAUTHORIZED => {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        Error::Unavailable(_) => {
+        Error::Unavailable(_) | Error::Overloaded => {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         _ => {}

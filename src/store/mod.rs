@@ -127,11 +127,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<bool>;
 
     async fn create_session(&self, id: SessionId, session: &Session) -> StoreResult<()>;
-    /// A session and its owner, read from one consistent snapshot.
-    async fn session_with_user(
-        &self,
-        id: SessionId,
-    ) -> StoreResult<Option<(Session, Option<User>)>>;
+    async fn session(&self, id: SessionId) -> StoreResult<Option<Session>>;
     /// Presents refresh token `presented` of user `user_id` to session `id`:
     /// one atomic, durable step (see the module doc).
     async fn refresh_session(

@@ -96,8 +96,9 @@ pub struct RedbStore {
 }
 
 impl RedbStore {
-    /// Opens (or creates, mode 0600) the database at `path` and starts its writer.
-    pub fn open(path: &Path) -> StoreResult<Self> {
+    /// Opens (or creates, mode 0600) the database at `path` with a page cache
+    /// of `cache_bytes`, and starts its writer.
+    pub fn open(path: &Path, cache_bytes: usize) -> StoreResult<Self> {
         if !path.exists() {
             fs::OpenOptions::new()
                 .write(true)
@@ -108,10 +109,15 @@ impl RedbStore {
                     StoreError::Backend(format!("cannot create {}: {e}", path.display()))
                 })?;
         }
-        let db = Database::create(path).map_err(|e| match e {
-            DatabaseError::DatabaseAlreadyOpen => StoreError::Locked(path.display().to_string()),
-            other => StoreError::Backend(format!("cannot open {}: {other}", path.display())),
-        })?;
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(path)
+            .map_err(|e| match e {
+                DatabaseError::DatabaseAlreadyOpen => {
+                    StoreError::Locked(path.display().to_string())
+                }
+                other => StoreError::Backend(format!("cannot open {}: {other}", path.display())),
+            })?;
         let txn = db.begin_write().map_err(backend)?;
         {
             txn.open_table(USERS).map_err(backend)?;
@@ -503,20 +509,17 @@ impl Store for RedbStore {
         .await
     }
 
-    async fn session_with_user(
-        &self,
-        id: SessionId,
-    ) -> StoreResult<Option<(Session, Option<User>)>> {
-        self.read(move |txn| {
-            let sessions = txn.open_table(SESSIONS).map_err(backend)?;
-            let Some(bytes) = sessions.get(id.0).map_err(backend)? else {
-                return Ok(None);
-            };
-            let session = decode_session(id.0, bytes.value())?;
-            let user = read_user(txn, session.user_id)?;
-            Ok(Some((session, user)))
-        })
-        .await
+    async fn session(&self, id: SessionId) -> StoreResult<Option<Session>> {
+        // Inline on the async worker, unlike other reads: a point lookup in a
+        // read snapshot takes ~1-2 µs from redb's cache, several times less
+        // than a hop to the blocking pool, and this is the hot path of every
+        // access-token check. A read never waits for the writer.
+        let txn = self.db.begin_read().map_err(backend)?;
+        let sessions = txn.open_table(SESSIONS).map_err(backend)?;
+        let found = sessions.get(id.0).map_err(backend)?;
+        found
+            .map(|bytes| decode_session(id.0, bytes.value()))
+            .transpose()
     }
 
     async fn refresh_session(

@@ -599,7 +599,7 @@ async fn expired_sessions_are_swept_from_the_file() {
         .app
         .auth
         .store()
-        .session_with_user(sid)
+        .session(sid)
         .await
         .unwrap()
         .is_some());
@@ -614,7 +614,7 @@ async fn expired_sessions_are_swept_from_the_file() {
         .app
         .auth
         .store()
-        .session_with_user(sid)
+        .session(sid)
         .await
         .unwrap()
         .is_none());

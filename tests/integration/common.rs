@@ -36,6 +36,7 @@ pub fn test_config(data: &Path) -> ServeConfig {
         bind: "127.0.0.1".into(),
         port: 0,
         data: data.join("latchkey.redb"),
+        cache_bytes: 8 << 20,
         secret: Secret::new(SECRET.as_bytes().to_vec()).unwrap(),
         lifetimes: Lifetimes {
             access_ttl: Duration::from_secs(3600),
@@ -46,6 +47,7 @@ pub fn test_config(data: &Path) -> ServeConfig {
         type_roles: TypeRoles::default(),
         argon2: CHEAP_ARGON2,
         hash_workers: 2,
+        hash_queue: 64,
         seed_users: vec![
             latchkey::config::parse_seed_user(&format!("ana@example.com:2:Ana Admin:{PASSWORD}"))
                 .unwrap(),
