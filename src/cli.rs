@@ -70,6 +70,101 @@ pub enum Command {
     /// Manage users in the database (the server must not be running).
     #[command(subcommand)]
     User(UserCommand),
+    /// Load a running server and report throughput and latency, or fill a
+    /// database with test data (`--populate`).
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// POST /auth/login, cycling over the bench users.
+    Login,
+    /// Chained POST /auth/refresh: each connection uses the token its last answer gave it.
+    Refresh,
+    /// GET /auth/profile with an access token.
+    Profile,
+    /// Per connection: one refresh, then four profile reads with the new
+    /// access token; every 100th request is a fresh login.
+    Mixed,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct BenchArgs {
+    /// Base URL of the server to load (http only).
+    #[arg(long, env = "LATCHKEY_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+
+    #[arg(long, env = "LATCHKEY_SCENARIO", value_enum, default_value_t = Scenario::Refresh)]
+    pub scenario: Scenario,
+
+    /// Concurrent connections, each with one request in flight.
+    #[arg(long, env = "LATCHKEY_CONNECTIONS", default_value_t = 64)]
+    pub connections: usize,
+
+    /// How long to send requests (setup logins are not counted).
+    #[arg(long, env = "LATCHKEY_DURATION", default_value = "10s")]
+    pub duration: String,
+
+    /// How many bench users to use (or, with --populate, to create).
+    #[arg(long, env = "LATCHKEY_USERS", default_value_t = 100)]
+    pub users: u64,
+
+    /// Email of bench user N: `{}` is replaced by N (1-based).
+    #[arg(
+        long,
+        env = "LATCHKEY_EMAIL_FORMAT",
+        default_value = "user{}@bench.invalid"
+    )]
+    pub email_format: String,
+
+    /// Password of the bench users.
+    #[arg(
+        long,
+        env = "LATCHKEY_BENCH_PASSWORD",
+        default_value = "bench-password",
+        hide_env_values = true
+    )]
+    pub password: String,
+
+    /// Role id of populated users (and the login type is left out, so any role logs in).
+    #[arg(long, env = "LATCHKEY_ROLE", default_value_t = 1)]
+    pub role: i64,
+
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Refresh tokens (one per line) to start the chains from, instead of logging in.
+    /// With --populate: where to write tokens of sampled sessions.
+    #[arg(long, env = "LATCHKEY_TOKENS")]
+    pub tokens: Option<PathBuf>,
+
+    /// Fill the database at --data (server stopped) with --users users and
+    /// --sessions sessions, instead of loading a server.
+    #[arg(long)]
+    pub populate: bool,
+
+    /// With --populate: how many sessions to create, spread over the users.
+    #[arg(long, env = "LATCHKEY_SESSIONS", default_value_t = 0)]
+    pub sessions: u64,
+
+    /// With --populate: write refresh tokens of this many sessions, spread
+    /// evenly over the file, to --tokens.
+    #[arg(long, env = "LATCHKEY_SAMPLE_TOKENS", default_value_t = 0)]
+    pub sample_tokens: u64,
+
+    /// With --populate --sample-tokens: the server's signing secret (as for `serve`).
+    #[arg(
+        long,
+        env = "LATCHKEY_SECRET",
+        hide_env_values = true,
+        conflicts_with = "secret_file"
+    )]
+    pub secret: Option<String>,
+
+    /// With --populate --sample-tokens: the server's secret file (as for `serve`).
+    #[arg(long, env = "LATCHKEY_SECRET_FILE")]
+    pub secret_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args, Clone)]

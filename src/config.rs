@@ -300,14 +300,11 @@ impl ServeConfig {
                 .map(|n| n.get())
                 .unwrap_or(2),
         };
-        let secret = match (&args.secret, &args.secret_file) {
-            (Some(text), _) => Secret::new(text.as_bytes().to_vec())?,
-            (None, Some(path)) => read_secret_file(path)?,
-            (None, None) => {
-                ensure_data_folder(&common.data)?;
-                load_or_generate_secret(&generated_secret_path(&common.data))?
-            }
-        };
+        let secret = resolve_secret(
+            &common.data,
+            args.secret.as_deref(),
+            args.secret_file.as_deref(),
+        )?;
         Ok(ServeConfig {
             bind: args.bind.clone(),
             port: args.port,
@@ -327,6 +324,23 @@ impl ServeConfig {
             sweep_interval,
             shutdown_timeout: parse_duration(&args.shutdown_timeout)?,
         })
+    }
+}
+
+/// The signing secret: `--secret`, else `--secret-file`, else the one
+/// generated beside the database (created on first use).
+pub fn resolve_secret(
+    data: &Path,
+    secret: Option<&str>,
+    secret_file: Option<&Path>,
+) -> Result<Secret, ConfigError> {
+    match (secret, secret_file) {
+        (Some(text), _) => Secret::new(text.as_bytes().to_vec()),
+        (None, Some(path)) => read_secret_file(path),
+        (None, None) => {
+            ensure_data_folder(data)?;
+            load_or_generate_secret(&generated_secret_path(data))
+        }
     }
 }
 

@@ -17,11 +17,13 @@
 //! - [`http`]: routing, body limits, JSON in and out.
 //! - [`server`]: the accept loop, connection limits and graceful shutdown.
 //! - [`app`]: wiring: config → store, keys, hasher → the shared state.
+//! - [`bench`]: the built-in load generator and test-data loader.
 
 #![forbid(unsafe_code)]
 
 pub mod app;
 pub mod auth;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod error;

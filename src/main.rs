@@ -31,6 +31,10 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve(&cli.common, &args).await,
             Command::User(command) => user_command(&cli.common, command).await,
+            Command::Bench(args) if args.populate => {
+                latchkey::bench::populate(&cli.common, &args).await
+            }
+            Command::Bench(args) => latchkey::bench::run(&args).await,
         }
     });
     match result {

@@ -13,9 +13,9 @@
 //! Unknown emails are verified against a dummy hash with the same
 //! parameters, so a login takes as long whether or not the account exists.
 
+use std::collections::VecDeque;
 use std::fmt;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use argon2::password_hash::phc::{Output, ParamsString, PasswordHash, Salt};
@@ -26,7 +26,14 @@ use crate::config::{Argon2Costs, ConfigError};
 use crate::error::Error;
 
 /// A worker's memory buffer is released after this long without work.
-const IDLE_RELEASE: Duration = Duration::from_secs(30);
+const IDLE_RELEASE: Duration = Duration::from_secs(10);
+
+/// Buffers are allocated with at least this many 1 KiB blocks of capacity
+/// (only the blocks in use are ever touched). glibc serves allocations over
+/// 32 MiB with mmap and unmaps them on free without raising its mmap
+/// threshold, so a released buffer really leaves the process; a 19 MiB one
+/// would stay behind in a thread arena.
+const MIN_BUFFER_CAPACITY_BLOCKS: usize = 32 * 1024 + 1;
 
 /// A password in memory; `Debug` never shows it.
 #[derive(Clone)]
@@ -68,8 +75,23 @@ enum Job {
     },
 }
 
+/// The jobs waiting for a worker, and how many are admitted in all.
+struct Queue {
+    state: Mutex<QueueState>,
+    work_available: Condvar,
+    /// Most jobs admitted at once: running (at most one per worker) plus waiting.
+    admit_limit: usize,
+}
+
+struct QueueState {
+    waiting: VecDeque<Job>,
+    /// Jobs submitted and not yet finished.
+    admitted: usize,
+    closed: bool,
+}
+
 pub struct Passwords {
-    jobs: SyncSender<Job>,
+    queue: Arc<Queue>,
     dummy_hash: Arc<str>,
 }
 
@@ -85,17 +107,26 @@ impl Passwords {
         )
         .map_err(|e| ConfigError(format!("argon2 self-test failed: {e}")))?;
         drop(buffer);
-        let (jobs, receiver) = mpsc::sync_channel(queue);
-        let receiver = Arc::new(Mutex::new(receiver));
-        for index in 0..workers.max(1) {
-            let (receiver, params) = (Arc::clone(&receiver), params.clone());
+        let workers = workers.max(1);
+        let state = QueueState {
+            waiting: VecDeque::new(),
+            admitted: 0,
+            closed: false,
+        };
+        let queue = Arc::new(Queue {
+            state: Mutex::new(state),
+            work_available: Condvar::new(),
+            admit_limit: workers + queue,
+        });
+        for index in 0..workers {
+            let (queue, params) = (Arc::clone(&queue), params.clone());
             std::thread::Builder::new()
                 .name(format!("latchkey-hash-{index}"))
-                .spawn(move || run_worker(&receiver, &params))
+                .spawn(move || run_worker(&queue, &params))
                 .map_err(|e| ConfigError(format!("cannot start a hashing thread: {e}")))?;
         }
         Ok(Passwords {
-            jobs,
+            queue,
             dummy_hash: dummy_hash.into(),
         })
     }
@@ -134,31 +165,66 @@ impl Passwords {
         })
     }
 
+    /// Admits a job unless `workers + queue` jobs are already admitted.
     fn submit(&self, job: Job) -> Result<(), Error> {
-        self.jobs.try_send(job).map_err(|e| match e {
-            TrySendError::Full(_) => Error::Overloaded,
-            TrySendError::Disconnected(_) => Error::Internal("hashing workers stopped".into()),
-        })
+        let mut state = self
+            .queue
+            .state
+            .lock()
+            .map_err(|_| Error::Internal("hashing queue poisoned".into()))?;
+        if state.admitted >= self.queue.admit_limit {
+            return Err(Error::Overloaded);
+        }
+        state.admitted += 1;
+        state.waiting.push_back(job);
+        drop(state);
+        self.queue.work_available.notify_one();
+        Ok(())
     }
 }
 
-fn run_worker(receiver: &Mutex<Receiver<Job>>, params: &Params) {
+impl Drop for Passwords {
+    fn drop(&mut self) {
+        if let Ok(mut state) = self.queue.state.lock() {
+            state.closed = true;
+        }
+        self.queue.work_available.notify_all();
+    }
+}
+
+fn run_worker(queue: &Queue, params: &Params) {
     let mut buffer: Vec<Block> = Vec::new();
     loop {
-        // Hold the lock only while waiting; another worker takes the next job.
-        let next = match receiver.lock() {
-            Ok(receiver) => receiver.recv_timeout(IDLE_RELEASE),
-            Err(_) => return,
+        let job = {
+            let Ok(mut state) = queue.state.lock() else {
+                return;
+            };
+            loop {
+                if let Some(job) = state.waiting.pop_front() {
+                    break job;
+                }
+                if state.closed {
+                    return;
+                }
+                let Ok((next, wait)) = queue.work_available.wait_timeout(state, IDLE_RELEASE)
+                else {
+                    return;
+                };
+                state = next;
+                if wait.timed_out() && state.waiting.is_empty() {
+                    buffer = Vec::new();
+                }
+            }
         };
-        match next {
-            Ok(Job::Hash { password, reply }) => {
+        match job {
+            Job::Hash { password, reply } => {
                 let _ = reply.send(hash_with(params, password.as_str().as_bytes(), &mut buffer));
             }
-            Ok(Job::Verify {
+            Job::Verify {
                 password,
                 stored,
                 reply,
-            }) => {
+            } => {
                 let _ = reply.send(verify_with(
                     params,
                     password.as_str().as_bytes(),
@@ -166,8 +232,9 @@ fn run_worker(receiver: &Mutex<Receiver<Job>>, params: &Params) {
                     &mut buffer,
                 ));
             }
-            Err(RecvTimeoutError::Timeout) => buffer = Vec::new(),
-            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        if let Ok(mut state) = queue.state.lock() {
+            state.admitted -= 1;
         }
     }
 }
@@ -184,7 +251,9 @@ fn compute(
 ) -> Result<(), argon2::Error> {
     let blocks = params.block_count();
     if buffer.len() < blocks {
-        buffer.resize(blocks, Block::default());
+        let mut fresh = Vec::with_capacity(blocks.max(MIN_BUFFER_CAPACITY_BLOCKS));
+        fresh.resize(blocks, Block::default());
+        *buffer = fresh;
     }
     let argon2 = Argon2::new(algorithm, version, params.clone());
     argon2.hash_password_into_with_memory(password, salt, out, &mut buffer[..blocks])

@@ -179,6 +179,69 @@ impl RedbStore {
     }
 }
 
+/// Bulk loading for `latchkey bench --populate` (not part of [`Store`]: an
+/// admin path that only this backend needs). Each call is one durable
+/// transaction that opens its tables once.
+impl RedbStore {
+    /// Creates users whose emails are known to be free; returns their ids.
+    pub async fn bulk_create_users(&self, users: Vec<NewUser>) -> StoreResult<Vec<UserId>> {
+        self.write(move |txn| {
+            let mut meta = txn.open_table(META).map_err(backend)?;
+            let mut emails = txn.open_table(USER_EMAILS).map_err(backend)?;
+            let mut table = txn.open_table(USERS).map_err(backend)?;
+            let mut next = meta
+                .get(NEXT_USER_ID)
+                .map_err(backend)?
+                .map_or(1, |v| v.value());
+            let mut ids = Vec::with_capacity(users.len());
+            for new in users {
+                let user = User {
+                    id: next,
+                    email: new.email,
+                    name: new.name,
+                    role_id: new.role_id,
+                    password_hash: new.password_hash,
+                    created_at: new.created_at,
+                };
+                emails.insert(user.email.as_str(), next).map_err(backend)?;
+                table
+                    .insert(next, encode_user(&user).as_slice())
+                    .map_err(backend)?;
+                ids.push(next);
+                next += 1;
+            }
+            meta.insert(NEXT_USER_ID, next).map_err(backend)?;
+            Ok(ids)
+        })
+        .await
+    }
+
+    /// Inserts sessions (with their index entries).
+    pub async fn bulk_create_sessions(
+        &self,
+        sessions: Vec<(SessionId, Session)>,
+    ) -> StoreResult<()> {
+        self.write(move |txn| {
+            let mut table = txn.open_table(SESSIONS).map_err(backend)?;
+            let mut by_user = txn.open_table(USER_SESSIONS).map_err(backend)?;
+            let mut by_expiry = txn.open_table(SESSION_EXPIRY).map_err(backend)?;
+            for (id, session) in sessions {
+                table
+                    .insert(id.0, encode_session(&session).as_slice())
+                    .map_err(backend)?;
+                by_user
+                    .insert((session.user_id, id.0), ())
+                    .map_err(backend)?;
+                by_expiry
+                    .insert((session.expires_at, id.0), ())
+                    .map_err(backend)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+}
+
 impl Drop for RedbStore {
     /// Closing the queue lets the writer finish what is queued and exit; the
     /// file is released when the last handle goes.
@@ -213,7 +276,11 @@ fn run_writer(db: &Database, mut queue: mpsc::Receiver<Box<dyn WriteJob>>) {
 /// Applies every job in one transaction and commits durably. Any failure
 /// aborts the whole transaction: nothing of the batch is kept or answered as done.
 fn commit_batch(db: &Database, batch: &mut [Box<dyn WriteJob>]) -> StoreResult<()> {
-    let txn = db.begin_write().map_err(backend)?;
+    let mut txn = db.begin_write().map_err(backend)?;
+    // Saves the allocator state with each commit, so opening after a crash
+    // takes milliseconds instead of a walk over the whole file (measured: 2 s
+    // for 1 M users and 5 M sessions). Group commit hides the extra cost.
+    txn.set_quick_repair(true);
     for job in batch.iter_mut() {
         job.apply(&txn)?;
     }

@@ -1,0 +1,592 @@
+//! `latchkey bench`: a load generator in the spirit of `redis-benchmark` and
+//! `pgbench`, and `--populate`, which fills a database with test data.
+//!
+//! The generator opens `--connections` HTTP/1.1 connections, each with one
+//! request in flight, and runs a scenario for `--duration`. Setup (logins
+//! that give each connection its tokens) is not measured. In the `refresh`
+//! scenario every request is a real rotation: a connection always sends the
+//! token its last answer gave it, and any non-200 breaks the chain, is counted
+//! as an error, and the connection logs in again to start a new chain.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1;
+use hyper::{Method, Request};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+
+use crate::app::now_millis;
+use crate::cli::{BenchArgs, CommonArgs, Scenario};
+use crate::config::{self, parse_duration, Argon2Costs};
+use crate::passwords::{Password, Passwords};
+use crate::session::{IssuedRefresh, Session, SessionId, TokenId};
+use crate::store::redb::RedbStore;
+use crate::store::NewUser;
+use crate::tokens::TokenKeys;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Every `MIXED_LOGIN_EVERY`-th request of the mixed scenario is a login.
+const MIXED_LOGIN_EVERY: u64 = 100;
+/// Profile reads per refresh in the mixed scenario.
+const MIXED_PROFILES_PER_REFRESH: u64 = 4;
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Endpoint {
+    Login,
+    Refresh,
+    Profile,
+}
+
+impl Endpoint {
+    fn name(self) -> &'static str {
+        match self {
+            Endpoint::Login => "login",
+            Endpoint::Refresh => "refresh",
+            Endpoint::Profile => "profile",
+        }
+    }
+}
+
+/// What one connection observed.
+#[derive(Default)]
+struct Tally {
+    latencies_us: BTreeMap<Endpoint, Vec<u32>>,
+    non_2xx: BTreeMap<u16, u64>,
+    transport_errors: u64,
+    chain_breaks: u64,
+}
+
+impl Tally {
+    fn merge(&mut self, other: Tally) {
+        for (endpoint, mut latencies) in other.latencies_us {
+            self.latencies_us
+                .entry(endpoint)
+                .or_default()
+                .append(&mut latencies);
+        }
+        for (status, count) in other.non_2xx {
+            *self.non_2xx.entry(status).or_default() += count;
+        }
+        self.transport_errors += other.transport_errors;
+        self.chain_breaks += other.chain_breaks;
+    }
+}
+
+/// One HTTP/1.1 connection to the server under test.
+struct Connection {
+    sender: http1::SendRequest<Full<Bytes>>,
+    authority: String,
+}
+
+impl Connection {
+    async fn open(authority: &str) -> Result<Self, BoxError> {
+        let stream = TcpStream::connect(authority).await?;
+        stream.set_nodelay(true)?;
+        let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(Connection {
+            sender,
+            authority: authority.to_string(),
+        })
+    }
+
+    /// Sends one request; answers the status and the parsed JSON body.
+    async fn call(
+        &mut self,
+        method: Method,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<Value>,
+    ) -> Result<(u16, Value), BoxError> {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", &self.authority);
+        if let Some(token) = bearer {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let body = match body {
+            Some(value) => {
+                request = request.header("content-type", "application/json");
+                Bytes::from(serde_json::to_vec(&value)?)
+            }
+            None => Bytes::new(),
+        };
+        self.sender.ready().await?;
+        let response = self
+            .sender
+            .send_request(request.body(Full::new(body))?)
+            .await?;
+        let status = response.status().as_u16();
+        let bytes = response.into_body().collect().await?.to_bytes();
+        Ok((
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        ))
+    }
+}
+
+struct Plan {
+    authority: String,
+    scenario: Scenario,
+    duration: Duration,
+    users: u64,
+    email_format: String,
+    password: String,
+}
+
+impl Plan {
+    fn email(&self, n: u64) -> String {
+        self.email_format
+            .replace("{}", &(n % self.users.max(1) + 1).to_string())
+    }
+
+    fn login_body(&self, n: u64) -> Value {
+        json!({ "email": self.email(n), "password": self.password })
+    }
+}
+
+fn token(body: &Value, field: &str) -> Option<String> {
+    body[field].as_str().map(str::to_string)
+}
+
+/// A connection after setup: its tokens, ready to be measured.
+struct Ready {
+    conn: Connection,
+    refresh: Option<String>,
+    access: Option<String>,
+    user_cursor: u64,
+}
+
+/// Setup, not measured: a connection and the tokens to start from.
+async fn set_up(
+    plan: &Plan,
+    index: u64,
+    connections: u64,
+    first_refresh: Option<String>,
+) -> Result<Ready, BoxError> {
+    let mut conn = Connection::open(&plan.authority).await?;
+    let (mut refresh, mut access) = (first_refresh, None::<String>);
+    if plan.scenario != Scenario::Login && refresh.is_none() {
+        let (status, body) = conn
+            .call(
+                Method::POST,
+                "/auth/login",
+                None,
+                Some(plan.login_body(index)),
+            )
+            .await?;
+        if status != 200 {
+            return Err(format!(
+                "setup login for {} answered {status}: {body}",
+                plan.email(index)
+            )
+            .into());
+        }
+        refresh = token(&body, "refreshToken");
+        access = token(&body, "accessToken");
+    }
+    if plan.scenario == Scenario::Profile && access.is_none() {
+        // Started from a token file: one refresh gives an access token.
+        let (status, body) = conn
+            .call(
+                Method::POST,
+                "/auth/refresh",
+                None,
+                Some(json!({ "refreshToken": refresh })),
+            )
+            .await?;
+        if status != 200 {
+            return Err(format!("setup refresh answered {status}: {body}").into());
+        }
+        refresh = token(&body, "refreshToken");
+        access = token(&body, "accessToken");
+    }
+    Ok(Ready {
+        conn,
+        refresh,
+        access,
+        user_cursor: index + connections,
+    })
+}
+
+/// Runs one connection: setup, then (all connections together, after the
+/// barrier) the measured loop. Answers the tally and the measured time.
+async fn run_connection(
+    plan: Arc<Plan>,
+    barrier: Arc<tokio::sync::Barrier>,
+    index: u64,
+    connections: u64,
+    first_refresh: Option<String>,
+) -> Result<(Tally, Duration), BoxError> {
+    let ready = set_up(&plan, index, connections, first_refresh).await;
+    // Always reach the barrier, or the others would wait for ever.
+    barrier.wait().await;
+    let Ready {
+        mut conn,
+        mut refresh,
+        mut access,
+        mut user_cursor,
+    } = ready?;
+    let mut next_user = || {
+        let n = user_cursor;
+        user_cursor += connections;
+        n
+    };
+    let mut tally = Tally::default();
+    let started = Instant::now();
+    let deadline = started + plan.duration;
+    let mut sequence: u64 = 0;
+    while Instant::now() < deadline {
+        let endpoint = match plan.scenario {
+            Scenario::Login => Endpoint::Login,
+            Scenario::Refresh => Endpoint::Refresh,
+            Scenario::Profile => Endpoint::Profile,
+            Scenario::Mixed if sequence % MIXED_LOGIN_EVERY == MIXED_LOGIN_EVERY - 1 => {
+                Endpoint::Login
+            }
+            Scenario::Mixed if sequence.is_multiple_of(MIXED_PROFILES_PER_REFRESH + 1) => {
+                Endpoint::Refresh
+            }
+            Scenario::Mixed => Endpoint::Profile,
+        };
+        sequence += 1;
+        let started = Instant::now();
+        let result = match endpoint {
+            Endpoint::Login => {
+                conn.call(
+                    Method::POST,
+                    "/auth/login",
+                    None,
+                    Some(plan.login_body(next_user())),
+                )
+                .await
+            }
+            Endpoint::Refresh => {
+                conn.call(
+                    Method::POST,
+                    "/auth/refresh",
+                    None,
+                    Some(json!({ "refreshToken": refresh })),
+                )
+                .await
+            }
+            Endpoint::Profile => {
+                conn.call(Method::GET, "/auth/profile", access.as_deref(), None)
+                    .await
+            }
+        };
+        let elapsed = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
+        let (status, body) = match result {
+            Ok(answer) => answer,
+            Err(_) => {
+                tally.transport_errors += 1;
+                conn = Connection::open(&plan.authority).await?;
+                continue;
+            }
+        };
+        tally
+            .latencies_us
+            .entry(endpoint)
+            .or_default()
+            .push(elapsed);
+        if !(200..300).contains(&status) {
+            *tally.non_2xx.entry(status).or_default() += 1;
+        }
+        match (endpoint, status) {
+            (Endpoint::Login | Endpoint::Refresh, 200) => {
+                refresh = token(&body, "refreshToken");
+                access = token(&body, "accessToken");
+            }
+            (Endpoint::Refresh, _) => {
+                // The chain broke: start a new one (not measured).
+                tally.chain_breaks += 1;
+                let (status, body) = conn
+                    .call(
+                        Method::POST,
+                        "/auth/login",
+                        None,
+                        Some(plan.login_body(next_user())),
+                    )
+                    .await?;
+                if status != 200 {
+                    return Err(format!("re-login after a broken chain answered {status}").into());
+                }
+                refresh = token(&body, "refreshToken");
+                access = token(&body, "accessToken");
+            }
+            _ => {}
+        }
+    }
+    Ok((tally, started.elapsed()))
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    f64::from(sorted[rank.clamp(1, sorted.len()) - 1]) / 1000.0
+}
+
+fn latency_summary(latencies: &mut [u32], seconds: f64) -> Value {
+    latencies.sort_unstable();
+    json!({
+        "requests": latencies.len(),
+        "rps": (latencies.len() as f64 / seconds).round(),
+        "p50_ms": percentile(latencies, 50.0),
+        "p90_ms": percentile(latencies, 90.0),
+        "p99_ms": percentile(latencies, 99.0),
+        "p99_9_ms": percentile(latencies, 99.9),
+        "max_ms": percentile(latencies, 100.0),
+    })
+}
+
+fn authority_of(url: &str) -> Result<String, BoxError> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or("--url must start with http://")?;
+    let authority = rest.split('/').next().unwrap_or(rest);
+    if authority.is_empty() {
+        return Err("--url has no host".into());
+    }
+    Ok(authority.to_string())
+}
+
+/// Runs the load and prints the report. Fails when any request failed.
+pub async fn run(args: &BenchArgs) -> Result<(), BoxError> {
+    let duration = parse_duration(&args.duration)?;
+    let connections = args.connections.max(1);
+    let start_tokens: Vec<String> = match &args.tokens {
+        Some(path) => std::fs::read_to_string(path)?
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect(),
+        None => Vec::new(),
+    };
+    if args.tokens.is_some() && start_tokens.len() < connections {
+        return Err(format!(
+            "--tokens has {} tokens; {connections} connections need one each",
+            start_tokens.len()
+        )
+        .into());
+    }
+    let plan = Arc::new(Plan {
+        authority: authority_of(&args.url)?,
+        scenario: args.scenario,
+        duration,
+        users: args.users.max(1),
+        email_format: args.email_format.clone(),
+        password: args.password.clone(),
+    });
+    let barrier = Arc::new(tokio::sync::Barrier::new(connections));
+    let tasks: Vec<_> = (0..connections)
+        .map(|index| {
+            let (plan, barrier) = (Arc::clone(&plan), Arc::clone(&barrier));
+            let first = start_tokens.get(index).cloned();
+            tokio::spawn(run_connection(
+                plan,
+                barrier,
+                index as u64,
+                connections as u64,
+                first,
+            ))
+        })
+        .collect();
+    let mut tally = Tally::default();
+    let mut measured = Duration::ZERO;
+    for task in tasks {
+        let (connection_tally, seconds) = task.await??;
+        tally.merge(connection_tally);
+        measured = measured.max(seconds);
+    }
+    report(args, connections, measured.as_secs_f64().max(0.001), tally)
+}
+
+fn report(
+    args: &BenchArgs,
+    connections: usize,
+    seconds: f64,
+    mut tally: Tally,
+) -> Result<(), BoxError> {
+    let mut all: Vec<u32> = tally.latencies_us.values().flatten().copied().collect();
+    let total = latency_summary(&mut all, seconds);
+    let by_endpoint: BTreeMap<&str, Value> = tally
+        .latencies_us
+        .iter_mut()
+        .map(|(e, l)| (e.name(), latency_summary(l, seconds)))
+        .collect();
+    let non_2xx: BTreeMap<String, u64> = tally
+        .non_2xx
+        .iter()
+        .map(|(s, c)| (s.to_string(), *c))
+        .collect();
+    let failures = tally.non_2xx.values().sum::<u64>() + tally.transport_errors;
+    let scenario = format!("{:?}", args.scenario).to_lowercase();
+    if args.json {
+        let line = json!({
+            "scenario": scenario, "connections": connections, "seconds": (seconds * 100.0).round() / 100.0,
+            "total": total, "by_endpoint": by_endpoint, "non_2xx": non_2xx,
+            "transport_errors": tally.transport_errors, "chain_breaks": tally.chain_breaks,
+        });
+        println!("{line}");
+    } else {
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "scenario {scenario}: {connections} connections, {seconds:.1} s"
+        )?;
+        for (name, s) in by_endpoint
+            .iter()
+            .chain(std::iter::once((&"total", &total)))
+        {
+            writeln!(
+                out,
+                "  {name:<8} {:>9} requests {:>9} req/s   latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+                s["requests"], s["rps"], s["p50_ms"].as_f64().unwrap_or(0.0), s["p90_ms"].as_f64().unwrap_or(0.0),
+                s["p99_ms"].as_f64().unwrap_or(0.0), s["p99_9_ms"].as_f64().unwrap_or(0.0), s["max_ms"].as_f64().unwrap_or(0.0),
+            )?;
+        }
+        if non_2xx.is_empty() {
+            writeln!(out, "  non-2xx: none")?;
+        } else {
+            writeln!(out, "  non-2xx by status: {non_2xx:?}")?;
+        }
+        if tally.transport_errors > 0 {
+            writeln!(out, "  transport errors: {}", tally.transport_errors)?;
+        }
+        if tally.chain_breaks > 0 {
+            writeln!(out, "  ERROR: {} refresh chain(s) broke (a non-200 answer to a token the server had just issued)", tally.chain_breaks)?;
+        }
+    }
+    if failures > 0 {
+        return Err(format!("{failures} request(s) failed").into());
+    }
+    Ok(())
+}
+
+/// `bench --populate`: creates `--users` users (password `--password`, one
+/// shared hash so this takes seconds, not hours) and `--sessions` sessions
+/// spread over them, created over the last 20 days in time order.
+pub async fn populate(common: &CommonArgs, args: &BenchArgs) -> Result<(), BoxError> {
+    const USERS_PER_TRANSACTION: u64 = 20_000;
+    const CREATED_SPREAD_MS: u64 = 20 * 86_400_000;
+    let session_ttl = Duration::from_secs(30 * 86_400);
+    let refresh_ttl = Duration::from_secs(7 * 86_400);
+
+    let keys = if args.sample_tokens > 0 {
+        args.tokens
+            .as_ref()
+            .ok_or("--sample-tokens needs --tokens FILE")?;
+        Some(TokenKeys::new(&config::resolve_secret(
+            &common.data,
+            args.secret.as_deref(),
+            args.secret_file.as_deref(),
+        )?))
+    } else {
+        None
+    };
+    config::check_new_password(&args.password)?;
+    config::ensure_data_folder(&common.data)?;
+    let path = common.data.clone();
+    let cache = common.cache_mb.saturating_mul(1024 * 1024);
+    let store = tokio::task::spawn_blocking(move || RedbStore::open(&path, cache)).await??;
+    let passwords = Passwords::new(Argon2Costs::from_args(common)?, 1, 1)?;
+    let password_hash = passwords.hash(Password::new(args.password.clone())).await?;
+
+    let now = now_millis();
+    let (users, sessions) = (args.users, args.sessions);
+    let sample_every = sessions
+        .checked_div(args.sample_tokens)
+        .map_or(u64::MAX, |every| every.max(1));
+    let mut sampled = Vec::new();
+    let started = Instant::now();
+    let mut session_index = 0u64;
+    let mut first = 0u64;
+    while first < users {
+        let last = (first + USERS_PER_TRANSACTION).min(users);
+        let batch: Vec<NewUser> = (first..last)
+            .map(|n| NewUser {
+                email: args.email_format.replace("{}", &(n + 1).to_string()),
+                name: format!("Bench User {}", n + 1),
+                role_id: args.role,
+                password_hash: password_hash.clone(),
+                created_at: now,
+            })
+            .collect();
+        let ids = store.bulk_create_users(batch).await?;
+        let mut batch_sessions = Vec::new();
+        for (offset, user_id) in ids.into_iter().enumerate() {
+            let n = first + offset as u64;
+            // Sessions per user: an even share, the remainder to the first users.
+            let count = sessions / users + u64::from(n < sessions % users);
+            for _ in 0..count {
+                let created =
+                    now - CREATED_SPREAD_MS + session_index * CREATED_SPREAD_MS / sessions.max(1);
+                let id = SessionId::generate(created);
+                let mut session = Session::start(
+                    user_id,
+                    created,
+                    session_ttl,
+                    refresh_ttl,
+                    TokenId::generate(),
+                );
+                // As if rotated recently, so sampled tokens are valid now.
+                session.current = IssuedRefresh {
+                    jti: session.current.jti,
+                    issued_at: now / 1000,
+                    expires_at: (now + refresh_ttl.as_millis() as u64).min(session.expires_at)
+                        / 1000,
+                };
+                if session_index.is_multiple_of(sample_every) {
+                    if let Some(keys) = &keys {
+                        sampled.push(keys.refresh_token(user_id, id, &session.current)?);
+                    }
+                }
+                batch_sessions.push((id, session));
+                session_index += 1;
+            }
+        }
+        store.bulk_create_sessions(batch_sessions).await?;
+        first = last;
+        eprint!("\rpopulated {first}/{users} users, {session_index}/{sessions} sessions");
+    }
+    eprintln!();
+    if let Some(path) = &args.tokens {
+        if keys.is_some() {
+            write_tokens(path, &sampled)?;
+            println!(
+                "wrote {} refresh tokens to {}",
+                sampled.len(),
+                path.display()
+            );
+        }
+    }
+    println!(
+        "populated {} with {users} users and {session_index} sessions in {:.1} s",
+        common.data.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn write_tokens(path: &Path, tokens: &[String]) -> Result<(), BoxError> {
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for token in tokens {
+        writeln!(file, "{token}")?;
+    }
+    file.flush()?;
+    Ok(())
+}
