@@ -204,6 +204,10 @@ impl HttpClient {
         }
     }
 
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     pub async fn send(
         &self,
         method: Method,

@@ -2,6 +2,7 @@
 //! server on port 0 with its own temporary data folder.
 
 mod api;
+mod bench;
 mod cli;
 mod common;
 mod concurrency;
