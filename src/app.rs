@@ -40,12 +40,14 @@ impl App {
             tokio::task::spawn_blocking(move || RedbStore::open(&path, cache_bytes)).await??;
         let store: Arc<dyn Store> = Arc::new(store);
         let passwords = Passwords::new(config.argon2, config.hash_workers, config.hash_queue)?;
+        let throttle = config.throttle.map(crate::throttle::Throttle::new);
         let auth = Auth::new(
             store,
             TokenKeys::new(&config.secret),
             passwords,
             config.lifetimes,
             config.type_roles.clone(),
+            throttle,
         );
         for seed in &config.seed_users {
             let password = Password::new(seed.password.clone());

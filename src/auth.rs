@@ -11,6 +11,7 @@ use crate::error::Error;
 use crate::passwords::{Password, Passwords};
 use crate::session::{Millis, RefreshDecision, RotationPolicy, Session, SessionId, TokenId};
 use crate::store::{LogoutScope, NewUser, RefreshOutcome, Store, User};
+use crate::throttle::Throttle;
 use crate::tokens::{Profile, TokenKeys, TokenType};
 
 /// What login and refresh answer.
@@ -28,6 +29,8 @@ pub struct LoginAttempt {
     pub password: Password,
     /// The client `type` (`web`, `mobile`, …); `None` admits any role.
     pub client_type: Option<String>,
+    /// Where the attempt comes from, for per-address throttling.
+    pub client_address: Option<std::net::IpAddr>,
 }
 
 pub struct Auth {
@@ -36,6 +39,8 @@ pub struct Auth {
     passwords: Arc<Passwords>,
     lifetimes: Lifetimes,
     type_roles: TypeRoles,
+    /// `None` when throttling is turned off.
+    throttle: Option<Throttle>,
 }
 
 fn profile_of(user: &User) -> Profile {
@@ -54,6 +59,7 @@ impl Auth {
         passwords: Passwords,
         lifetimes: Lifetimes,
         type_roles: TypeRoles,
+        throttle: Option<Throttle>,
     ) -> Self {
         Auth {
             store,
@@ -61,6 +67,7 @@ impl Auth {
             passwords: Arc::new(passwords),
             lifetimes,
             type_roles,
+            throttle,
         }
     }
 
@@ -89,6 +96,14 @@ impl Auth {
             })?),
         };
 
+        // Throttled attempts are refused before any hashing.
+        if let Some(throttle) = &self.throttle {
+            throttle
+                .check(&email, attempt.client_address, std::time::Instant::now())
+                .map_err(|blocked| Error::RateLimited {
+                    retry_after_secs: blocked.retry_after.as_secs_f64().ceil() as u64,
+                })?;
+        }
         let user = self.store.user_by_email(&email).await?;
         let verification = self
             .passwords
@@ -101,8 +116,20 @@ impl Auth {
         // that an email exists to someone who does not know its password.
         let user = match user {
             Some(user) if verification.matches => user,
-            _ => return Err(Error::InvalidCredentials),
+            _ => {
+                if let Some(throttle) = &self.throttle {
+                    throttle.record_failure(
+                        &email,
+                        attempt.client_address,
+                        std::time::Instant::now(),
+                    );
+                }
+                return Err(Error::InvalidCredentials);
+            }
         };
+        if let Some(throttle) = &self.throttle {
+            throttle.record_success(&email);
+        }
         if allowed_roles.is_some_and(|roles| !roles.contains(&user.role_id)) {
             return Err(Error::RoleNotAllowed);
         }

@@ -160,6 +160,28 @@ fn token(body: &Value, field: &str) -> Option<String> {
     body[field].as_str().map(str::to_string)
 }
 
+/// Logs in outside the measured loop, retrying while the server answers
+/// 503 (its hashing queue is full, e.g. under a concurrent login flood).
+async fn setup_login(conn: &mut Connection, plan: &Plan, n: u64) -> Result<Value, BoxError> {
+    let give_up = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = conn
+            .call(Method::POST, "/auth/login", None, Some(plan.login_body(n)))
+            .await?;
+        match status {
+            200 => return Ok(body),
+            503 if Instant::now() < give_up => tokio::time::sleep(Duration::from_millis(100)).await,
+            _ => {
+                return Err(format!(
+                    "setup login for {} answered {status}: {body}",
+                    plan.email(n)
+                )
+                .into())
+            }
+        }
+    }
+}
+
 /// A connection after setup: its tokens, ready to be measured.
 struct Ready {
     conn: Connection,
@@ -178,21 +200,7 @@ async fn set_up(
     let mut conn = Connection::open(&plan.authority).await?;
     let (mut refresh, mut access) = (first_refresh, None::<String>);
     if plan.scenario != Scenario::Login && refresh.is_none() {
-        let (status, body) = conn
-            .call(
-                Method::POST,
-                "/auth/login",
-                None,
-                Some(plan.login_body(index)),
-            )
-            .await?;
-        if status != 200 {
-            return Err(format!(
-                "setup login for {} answered {status}: {body}",
-                plan.email(index)
-            )
-            .into());
-        }
+        let body = setup_login(&mut conn, plan, index).await?;
         refresh = token(&body, "refreshToken");
         access = token(&body, "accessToken");
     }
@@ -311,17 +319,7 @@ async fn run_connection(
             (Endpoint::Refresh, _) => {
                 // The chain broke: start a new one (not measured).
                 tally.chain_breaks += 1;
-                let (status, body) = conn
-                    .call(
-                        Method::POST,
-                        "/auth/login",
-                        None,
-                        Some(plan.login_body(next_user())),
-                    )
-                    .await?;
-                if status != 200 {
-                    return Err(format!("re-login after a broken chain answered {status}").into());
-                }
+                let body = setup_login(&mut conn, &plan, next_user()).await?;
                 refresh = token(&body, "refreshToken");
                 access = token(&body, "accessToken");
             }
@@ -494,6 +492,7 @@ pub async fn populate(common: &CommonArgs, args: &BenchArgs) -> Result<(), BoxEr
             &common.data,
             args.secret.as_deref(),
             args.secret_file.as_deref(),
+            true,
         )?))
     } else {
         None

@@ -190,6 +190,10 @@ pub struct ServeArgs {
     #[arg(long, env = "LATCHKEY_SECRET_FILE")]
     pub secret_file: Option<PathBuf>,
 
+    /// Accept a secret file that other users may read (refused by default).
+    #[arg(long, env = "LATCHKEY_INSECURE_SECRET_FILE")]
+    pub insecure_secret_file: bool,
+
     /// Lifetime of an access token (`30s`, `15m`, `1h`, `7d`).
     #[arg(long, env = "LATCHKEY_ACCESS_TTL", default_value = "1h")]
     pub access_ttl: String,
@@ -224,6 +228,48 @@ pub struct ServeArgs {
     /// How many logins may wait for a hashing worker; past that, login answers 503 at once.
     #[arg(long, env = "LATCHKEY_HASH_QUEUE", default_value_t = 64)]
     pub hash_queue: usize,
+
+    /// Turn login throttling off (it is on by default).
+    #[arg(long, env = "LATCHKEY_NO_LOGIN_THROTTLE")]
+    pub no_login_throttle: bool,
+
+    /// Failed logins per account (email) before back-off starts.
+    #[arg(long, env = "LATCHKEY_THROTTLE_ACCOUNT_FAILURES", default_value_t = 5)]
+    pub throttle_account_failures: u32,
+
+    /// Failed logins per client address before back-off starts.
+    #[arg(long, env = "LATCHKEY_THROTTLE_ADDRESS_FAILURES", default_value_t = 20)]
+    pub throttle_address_failures: u32,
+
+    /// First back-off delay; it doubles with every further failure.
+    #[arg(long, env = "LATCHKEY_THROTTLE_BASE_DELAY", default_value = "1s")]
+    pub throttle_base_delay: String,
+
+    /// Longest back-off delay.
+    #[arg(long, env = "LATCHKEY_THROTTLE_MAX_DELAY", default_value = "15m")]
+    pub throttle_max_delay: String,
+
+    /// Most accounts (and, separately, addresses) the throttle remembers.
+    #[arg(long, env = "LATCHKEY_THROTTLE_CAPACITY", default_value_t = 100_000)]
+    pub throttle_capacity: usize,
+
+    /// Proxy addresses (CIDR) allowed to set the client address with
+    /// X-Forwarded-For; repeatable or comma-separated. Other peers' headers are ignored.
+    #[arg(long, env = "LATCHKEY_TRUSTED_PROXY", value_delimiter = ',')]
+    pub trusted_proxy: Vec<String>,
+
+    /// Most open client connections; past it the longest-idle connection is closed.
+    #[arg(long, env = "LATCHKEY_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// How long a client may take to send request headers; also how long an
+    /// idle keep-alive connection is kept open.
+    #[arg(long, env = "LATCHKEY_HEADER_TIMEOUT", default_value = "10s")]
+    pub header_timeout: String,
+
+    /// How long a client may take to send a request body.
+    #[arg(long, env = "LATCHKEY_BODY_TIMEOUT", default_value = "10s")]
+    pub body_timeout: String,
 
     /// How often expired sessions are removed from the database.
     #[arg(long, env = "LATCHKEY_SWEEP_INTERVAL", default_value = "1m")]

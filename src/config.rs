@@ -244,6 +244,58 @@ impl TypeRoles {
     }
 }
 
+/// An address range in CIDR notation (`10.0.0.0/8`, `::1/128`; a bare
+/// address is a range of one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    network: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let bad = || {
+            ConfigError(format!(
+                "--trusted-proxy {text:?}: expected an address or ADDRESS/PREFIX"
+            ))
+        };
+        let (address, prefix) = match text.trim().split_once('/') {
+            Some((address, prefix)) => (address, Some(prefix)),
+            None => (text.trim(), None),
+        };
+        let network: std::net::IpAddr = address.parse().map_err(|_| bad())?;
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p.parse::<u8>().ok().filter(|&p| p <= max).ok_or_else(bad)?,
+            None => max,
+        };
+        Ok(Cidr { network, prefix })
+    }
+
+    pub fn contains(&self, address: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let address = match address {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.network, address) {
+            (IpAddr::V4(net), IpAddr::V4(addr)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(addr) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(addr)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(addr) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Token and session lifetimes.
 #[derive(Debug, Clone, Copy)]
 pub struct Lifetimes {
@@ -270,6 +322,12 @@ pub struct ServeConfig {
     pub seed_users: Vec<SeedUser>,
     pub sweep_interval: Duration,
     pub shutdown_timeout: Duration,
+    /// `None` turns login throttling off.
+    pub throttle: Option<crate::throttle::ThrottlePolicy>,
+    pub trusted_proxies: Vec<Cidr>,
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
 }
 
 impl ServeConfig {
@@ -304,7 +362,29 @@ impl ServeConfig {
             &common.data,
             args.secret.as_deref(),
             args.secret_file.as_deref(),
+            args.insecure_secret_file,
         )?;
+        let throttle =
+            (!args.no_login_throttle)
+                .then_some(())
+                .map(|()| -> Result<_, ConfigError> {
+                    Ok(crate::throttle::ThrottlePolicy {
+                        account_free_failures: args.throttle_account_failures,
+                        address_free_failures: args.throttle_address_failures,
+                        base_delay: parse_duration(&args.throttle_base_delay)?,
+                        max_delay: parse_duration(&args.throttle_max_delay)?,
+                        capacity: args.throttle_capacity.max(2),
+                        ..crate::throttle::ThrottlePolicy::default()
+                    })
+                });
+        let header_timeout = parse_duration(&args.header_timeout)?;
+        let body_timeout = parse_duration(&args.body_timeout)?;
+        if header_timeout.is_zero() || body_timeout.is_zero() {
+            return err("--header-timeout and --body-timeout must be longer than 0");
+        }
+        if args.max_connections == 0 {
+            return err("--max-connections must be at least 1");
+        }
         Ok(ServeConfig {
             bind: args.bind.clone(),
             port: args.port,
@@ -323,23 +403,62 @@ impl ServeConfig {
                 .collect::<Result<_, _>>()?,
             sweep_interval,
             shutdown_timeout: parse_duration(&args.shutdown_timeout)?,
+            throttle: throttle.transpose()?,
+            trusted_proxies: args
+                .trusted_proxy
+                .iter()
+                .filter(|t| !t.trim().is_empty())
+                .map(|t| Cidr::parse(t))
+                .collect::<Result<_, _>>()?,
+            max_connections: args.max_connections,
+            header_timeout,
+            body_timeout,
         })
     }
 }
 
 /// The signing secret: `--secret`, else `--secret-file`, else the one
 /// generated beside the database (created on first use).
+///
+/// A secret file that other users may read is refused unless
+/// `allow_readable_by_others`: anyone who can read it can mint tokens for any
+/// user, and a start-up error is noticed where a warning scrolls by.
 pub fn resolve_secret(
     data: &Path,
     secret: Option<&str>,
     secret_file: Option<&Path>,
+    allow_readable_by_others: bool,
 ) -> Result<Secret, ConfigError> {
+    let check = |path: &Path| -> Result<(), ConfigError> {
+        let Ok(metadata) = fs::metadata(path) else {
+            return Ok(());
+        };
+        let mode = metadata.permissions().mode() & 0o777;
+        if mode & 0o077 == 0 {
+            return Ok(());
+        }
+        if allow_readable_by_others {
+            tracing::warn!(path = %path.display(), "the secret file is accessible to other users (allowed by --insecure-secret-file)");
+            return Ok(());
+        }
+        err(format!(
+            "the secret file {} is accessible to other users (mode {mode:o}); run `chmod 600 {}`, \
+             or pass --insecure-secret-file to accept it",
+            path.display(),
+            path.display()
+        ))
+    };
     match (secret, secret_file) {
         (Some(text), _) => Secret::new(text.as_bytes().to_vec()),
-        (None, Some(path)) => read_secret_file(path),
+        (None, Some(path)) => {
+            check(path)?;
+            read_secret_file(path)
+        }
         (None, None) => {
             ensure_data_folder(data)?;
-            load_or_generate_secret(&generated_secret_path(data))
+            let path = generated_secret_path(data);
+            check(&path)?;
+            load_or_generate_secret(&path)
         }
     }
 }
@@ -418,6 +537,30 @@ pub fn ensure_data_folder(data: &Path) -> Result<(), ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cidr_ranges() {
+        let lan = Cidr::parse("10.1.0.0/16").unwrap();
+        assert!(lan.contains("10.1.200.3".parse().unwrap()));
+        assert!(!lan.contains("10.2.0.1".parse().unwrap()));
+        assert!(
+            lan.contains("::ffff:10.1.0.9".parse().unwrap()),
+            "IPv4-mapped IPv6"
+        );
+        let one = Cidr::parse("127.0.0.1").unwrap();
+        assert!(
+            one.contains("127.0.0.1".parse().unwrap())
+                && !one.contains("127.0.0.2".parse().unwrap())
+        );
+        assert!(Cidr::parse("::/0")
+            .unwrap()
+            .contains("2001:db8::1".parse().unwrap()));
+        assert!(Cidr::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("192.0.2.1".parse().unwrap()));
+        assert!(Cidr::parse("10.0.0.0/33").is_err());
+        assert!(Cidr::parse("example.com").is_err());
+    }
 
     #[test]
     fn durations() {

@@ -31,6 +31,12 @@ pub enum Error {
     },
     PayloadTooLarge,
     UnsupportedMediaType,
+    /// Too many failed logins for this account or client; retry after the delay.
+    RateLimited {
+        retry_after_secs: u64,
+    },
+    /// The client took too long to send its request body.
+    RequestTimeout,
     /// Too many password hashes are running or waiting; retry shortly.
     Overloaded,
     /// The database cannot serve the request right now.
@@ -49,6 +55,8 @@ impl Error {
             | Error::TokenReused
             | Error::SessionRevoked => StatusCode::UNAUTHORIZED,
             Error::RoleNotAllowed => StatusCode::FORBIDDEN,
+            Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Error::UserNotFound | Error::NotFound => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Error::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -72,6 +80,8 @@ impl Error {
             Error::MethodNotAllowed { .. } => "method_not_allowed",
             Error::PayloadTooLarge => "payload_too_large",
             Error::UnsupportedMediaType => "unsupported_media_type",
+            Error::RateLimited { .. } => "rate_limited",
+            Error::RequestTimeout => "request_timeout",
             Error::Overloaded => "overloaded",
             Error::Unavailable(_) => "unavailable",
             Error::Internal(_) => "internal_error",
@@ -95,6 +105,10 @@ impl Error {
             Error::MethodNotAllowed { allow } => format!("method not allowed; use {allow}"),
             Error::PayloadTooLarge => "the request body is larger than 16 KiB".into(),
             Error::UnsupportedMediaType => "the request body must be application/json".into(),
+            Error::RateLimited { retry_after_secs } => {
+                format!("too many failed logins; retry in {retry_after_secs} s")
+            }
+            Error::RequestTimeout => "the request body took too long to arrive".into(),
             Error::Overloaded => "too many logins at once; retry shortly".into(),
             Error::Unavailable(_) => "the database is unavailable; try again later".into(),
             Error::Internal(_) => "internal error".into(),

@@ -10,7 +10,8 @@
 //! - [`config`]: flags and environment → a validated [`config::ServeConfig`].
 //! - [`error`]: the one [`error::Error`] type and its mapping to status codes.
 //! - [`tokens`]: JWT claims, signing and verification (pure, takes `now`).
-//! - [`passwords`]: argon2id hashing on a bounded blocking pool.
+//! - [`passwords`]: argon2id hashing on a bounded pool with admission control.
+//! - [`throttle`]: login back-off per account and per client address.
 //! - [`session`]: the refresh-token state machine (rotation, reuse, grace).
 //! - [`auth`]: the use cases (login, refresh, profile, logout); no HTTP.
 //! - [`store`]: the storage interface in domain words, and its redb backend.
@@ -32,4 +33,5 @@ pub mod passwords;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod throttle;
 pub mod tokens;

@@ -1,11 +1,24 @@
-//! The accept loop: one task per connection, HTTP/1.1 with keep-alive, a
-//! header-read timeout, the session sweeper, and graceful shutdown.
+//! The accept loop: one task per connection, HTTP/1.1 with keep-alive,
+//! timeouts, a connection cap that sheds idle clients, panic isolation, the
+//! session sweeper, and graceful shutdown.
 //!
 //! [`serve`] takes an already bound listener and any shutdown future, so
 //! tests bind port 0 and run the real server in-process.
+//!
+//! Slow clients: hyper's header-read timeout closes a connection that does
+//! not deliver its request headers in time (hyper starts it whenever it waits
+//! for a request, so it also ends idle keep-alive connections); the body
+//! timeout lives in [`crate::http`]. At `--max-connections`, a new
+//! connection pushes out the connection that has been idle (no request in
+//! progress) the longest, so half-open connections cannot lock out clients.
 
+use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::server::conn::http1;
@@ -13,11 +26,88 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 
 use crate::app::App;
+use crate::error::Error;
 
-/// How long a client may take to send its request headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// One open connection, as the cap sees it.
+struct Tracked {
+    requests_in_progress: Arc<AtomicUsize>,
+    shed: Arc<Notify>,
+}
+
+/// Open connections by age (ids increase).
+#[derive(Default)]
+struct Connections {
+    open: Mutex<BTreeMap<u64, Tracked>>,
+}
+
+impl Connections {
+    /// Registers a connection; at the cap, first closes the oldest idle one.
+    /// Returns `None` when every connection is busy (the new one is refused).
+    fn admit(&self, id: u64, cap: usize) -> Option<(Arc<AtomicUsize>, Arc<Notify>)> {
+        let mut open = self.open.lock().ok()?;
+        if open.len() >= cap {
+            let idle = open
+                .iter()
+                .find(|(_, c)| c.requests_in_progress.load(Ordering::Acquire) == 0)
+                .map(|(id, _)| *id);
+            let victim = open.remove(&idle?)?;
+            // notify_one stores a permit if the task is not waiting yet.
+            victim.shed.notify_one();
+        }
+        let tracked = Tracked {
+            requests_in_progress: Arc::new(AtomicUsize::new(0)),
+            shed: Arc::new(Notify::new()),
+        };
+        let handles = (
+            Arc::clone(&tracked.requests_in_progress),
+            Arc::clone(&tracked.shed),
+        );
+        open.insert(id, tracked);
+        Some(handles)
+    }
+
+    fn release(&self, id: u64) {
+        if let Ok(mut open) = self.open.lock() {
+            open.remove(&id);
+        }
+    }
+}
+
+/// Counts a request as in progress for as long as it lives.
+struct InProgress(Arc<AtomicUsize>);
+
+impl InProgress {
+    fn start(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::AcqRel);
+        InProgress(Arc::clone(counter))
+    }
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Turns a panic while polling `inner` into `Err(())`: a bug in one request
+/// costs that request a 500, not the connection or the process.
+struct CatchPanic<F>(Pin<Box<F>>);
+
+impl<F: Future> Future for CatchPanic<F> {
+    type Output = Result<F::Output, ()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = self.0.as_mut();
+        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+            Err(_) => Poll::Ready(Err(())),
+        }
+    }
+}
 
 /// Serves until `shutdown` completes, then lets in-flight requests finish
 /// for up to the configured shutdown timeout.
@@ -28,15 +118,17 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let sweeper = tokio::spawn(Arc::clone(&app).run_sweeper(app.config.sweep_interval));
     let graceful = GracefulShutdown::new();
+    let connections = Arc::new(Connections::default());
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(app.config.header_timeout)
         .keep_alive(true);
     tokio::pin!(shutdown);
 
+    let mut next_id: u64 = 0;
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -48,18 +140,41 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        next_id += 1;
+        let id = next_id;
+        let Some((requests_in_progress, shed)) = connections.admit(id, app.config.max_connections)
+        else {
+            tracing::warn!(
+                "connection limit reached and every connection is busy; refusing a connection"
+            );
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let app = Arc::clone(&app);
         let service = service_fn(move |request| {
-            let app = Arc::clone(&app);
-            async move { Ok::<_, std::convert::Infallible>(crate::http::handle(app, request).await) }
-        });
-        let connection = builder.serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+            let (app, in_progress) = (Arc::clone(&app), InProgress::start(&requests_in_progress));
+            async move {
+                let handled = CatchPanic(Box::pin(crate::http::handle(app, request, peer))).await;
+                drop(in_progress);
+                Ok::<_, std::convert::Infallible>(handled.unwrap_or_else(|()| {
+                    crate::http::error_response(&Error::Internal(
+                        "a request handler panicked".into(),
+                    ))
+                }))
             }
+        });
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        let connections = Arc::clone(&connections);
+        tokio::spawn(async move {
+            tokio::select! {
+                result = connection => {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                }
+                () = shed.notified() => tracing::debug!("closed an idle connection to admit a new one"),
+            }
+            connections.release(id);
         });
     }
 
@@ -74,4 +189,51 @@ pub async fn serve(
         tracing::warn!("shutdown timeout reached; closing remaining connections");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panic_while_handling_becomes_an_error_value() {
+        let panicked = CatchPanic(Box::pin(async {
+            tokio::task::yield_now().await;
+            panic!("a bug in a handler");
+        }))
+        .await;
+        assert!(panicked.is_err());
+        assert_eq!(CatchPanic(Box::pin(async { 5 })).await, Ok(5));
+    }
+
+    #[test]
+    fn the_cap_sheds_the_oldest_idle_connection_and_keeps_busy_ones() {
+        let connections = Connections::default();
+        let (busy, _) = connections.admit(1, 2).unwrap();
+        busy.fetch_add(1, Ordering::AcqRel);
+        let (_, shed_second) = connections.admit(2, 2).unwrap();
+        assert!(
+            connections.admit(3, 2).is_some(),
+            "admitted by shedding connection 2"
+        );
+        assert_eq!(
+            connections
+                .open
+                .lock()
+                .unwrap()
+                .keys()
+                .copied()
+                .collect::<Vec<_>>(),
+            vec![1, 3]
+        );
+        // The shed connection's task is told to close.
+        let told = shed_second.notified();
+        tokio::pin!(told);
+        assert!(futures_ready(told.as_mut()));
+    }
+
+    fn futures_ready<F: Future>(future: Pin<&mut F>) -> bool {
+        let waker = std::task::Waker::noop();
+        future.poll(&mut Context::from_waker(waker)).is_ready()
+    }
 }

@@ -1,18 +1,16 @@
 //! One handler per endpoint: parse, call a use case, serialise.
 
+use std::net::IpAddr;
+
 use hyper::body::Incoming;
 use hyper::header;
 use hyper::{Request, StatusCode};
 use serde_json::json;
 
-use super::{
-    empty_response, json_response, optional_str, read_json_object, required_str, HttpResponse,
-};
+use super::{decode, empty_response, json_response, read_json_body, HttpResponse};
 use crate::app::{now_millis, App};
 use crate::auth::{LoginAttempt, TokenPair};
 use crate::error::Error;
-use crate::passwords::Password;
-use crate::store::LogoutScope;
 
 fn token_pair_response(pair: &TokenPair) -> HttpResponse {
     json_response(
@@ -26,60 +24,38 @@ fn token_pair_response(pair: &TokenPair) -> HttpResponse {
     )
 }
 
-pub async fn login(app: &App, request: Request<Incoming>) -> Result<HttpResponse, Error> {
-    let body = read_json_object(request).await?;
+pub async fn login(
+    app: &App,
+    request: Request<Incoming>,
+    client: IpAddr,
+) -> Result<HttpResponse, Error> {
+    let login = decode::login_request(&read_json_body(request, app.config.body_timeout).await?)?;
     let attempt = LoginAttempt {
-        email: required_str(&body, "email")?,
-        password: Password::new(required_str(&body, "password")?),
-        client_type: optional_str(&body, "type")?,
+        email: login.email,
+        password: login.password,
+        client_type: login.client_type,
+        client_address: Some(client),
     };
     let pair = app.auth.login(attempt, now_millis()).await?;
     Ok(token_pair_response(&pair))
 }
 
 pub async fn refresh(app: &App, request: Request<Incoming>) -> Result<HttpResponse, Error> {
-    let body = read_json_object(request).await?;
-    let token = required_str(&body, "refreshToken")?;
+    let token = decode::refresh_request(&read_json_body(request, app.config.body_timeout).await?)?;
     let pair = app.auth.refresh(&token, now_millis()).await?;
     Ok(token_pair_response(&pair))
 }
 
 pub async fn logout(app: &App, request: Request<Incoming>) -> Result<HttpResponse, Error> {
-    let body = read_json_object(request).await?;
-    let token = required_str(&body, "refreshToken")?;
-    let scope = match optional_str(&body, "scope")?.as_deref() {
-        None | Some("local") => LogoutScope::Session,
-        Some("global") => LogoutScope::AllSessionsOfUser,
-        Some(_) => {
-            return Err(Error::InvalidRequest(
-                "scope must be \"local\" or \"global\"".into(),
-            ))
-        }
-    };
-    app.auth.logout(&token, scope, now_millis()).await?;
+    let logout = decode::logout_request(&read_json_body(request, app.config.body_timeout).await?)?;
+    app.auth
+        .logout(&logout.refresh_token, logout.scope, now_millis())
+        .await?;
     Ok(empty_response(StatusCode::NO_CONTENT))
 }
 
 pub async fn profile(app: &App, request: &Request<Incoming>) -> Result<HttpResponse, Error> {
-    let header = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .ok_or(Error::InvalidToken("missing bearer token"))?;
-    let header = header
-        .to_str()
-        .map_err(|_| Error::InvalidToken("malformed Authorization header"))?;
-    let token = match header.split_once(' ') {
-        Some((scheme, token))
-            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
-        {
-            token.trim()
-        }
-        _ => {
-            return Err(Error::InvalidToken(
-                "expected Authorization: Bearer <token>",
-            ))
-        }
-    };
+    let token = decode::bearer_token(request.headers().get(header::AUTHORIZATION))?;
     let profile = app.auth.profile(token, now_millis()).await?;
     Ok(json_response(
         StatusCode::OK,

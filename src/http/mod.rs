@@ -5,18 +5,22 @@
 //! [`crate::auth`], serialise the answer. Every error becomes the JSON
 //! `{"error", "message"}` body here, from [`Error::status`]/[`Error::code`].
 
+pub mod decode;
 mod handlers;
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::app::App;
+use crate::config::Cidr;
 use crate::error::Error;
 
 /// Largest request body accepted.
@@ -24,16 +28,47 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
 pub type HttpResponse = Response<Full<Bytes>>;
 
-/// Routes one request. Never fails: errors become JSON error responses.
-pub async fn handle(app: Arc<App>, request: Request<Incoming>) -> HttpResponse {
-    let result = route(&app, request).await;
+/// Routes one request from `peer`. Never fails: errors become JSON error responses.
+pub async fn handle(app: Arc<App>, request: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
+    let result = route(&app, request, peer).await;
     result.unwrap_or_else(|error| error_response(&error))
 }
 
-async fn route(app: &App, request: Request<Incoming>) -> Result<HttpResponse, Error> {
+/// The client's address: the peer's, unless the peer is a trusted proxy;
+/// then the right-most `X-Forwarded-For` entry that is not itself a trusted
+/// proxy (entries further left are client-controlled and not believed).
+pub fn client_address(peer: SocketAddr, headers: &hyper::HeaderMap, trusted: &[Cidr]) -> IpAddr {
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|cidr| cidr.contains(ip));
+    if !is_trusted(peer.ip()) {
+        return peer.ip();
+    }
+    let forwarded = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|entry| entry.trim().parse::<IpAddr>().ok())
+        .collect::<Vec<_>>();
+    forwarded
+        .iter()
+        .rev()
+        .copied()
+        .find(|ip| !is_trusted(*ip))
+        .or(forwarded.first().copied())
+        .unwrap_or(peer.ip())
+}
+
+async fn route(
+    app: &App,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<HttpResponse, Error> {
     let method = request.method().clone();
     match (request.uri().path(), method) {
-        ("/auth/login", Method::POST) => handlers::login(app, request).await,
+        ("/auth/login", Method::POST) => {
+            let client = client_address(peer, request.headers(), &app.config.trusted_proxies);
+            handlers::login(app, request, client).await
+        }
         ("/auth/refresh", Method::POST) => handlers::refresh(app, request).await,
         ("/auth/logout", Method::POST) => handlers::logout(app, request).await,
         ("/auth/profile", Method::GET) => handlers::profile(app, &request).await,
@@ -60,6 +95,9 @@ pub fn error_response(error: &Error) -> HttpResponse {
         }
         e if e.status() == StatusCode::UNAUTHORIZED => {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        Error::RateLimited { retry_after_secs } => {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
         }
         Error::Unavailable(_) | Error::Overloaded => {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -100,10 +138,10 @@ fn is_json(request: &Request<Incoming>) -> bool {
     essence.eq_ignore_ascii_case("application/json")
 }
 
-/// Reads a JSON object body: 415 unless `application/json`, 413 past
+/// Reads a JSON body: 415 unless `application/json`, 413 past
 /// [`MAX_BODY_BYTES`] (checked against `Content-Length` first and while
-/// reading), 400 for anything that is not a JSON object.
-async fn read_json_object(request: Request<Incoming>) -> Result<Map<String, Value>, Error> {
+/// reading), 408 when it does not arrive within `timeout`.
+async fn read_json_body(request: Request<Incoming>, timeout: Duration) -> Result<Bytes, Error> {
     if !is_json(&request) {
         return Err(Error::UnsupportedMediaType);
     }
@@ -114,38 +152,18 @@ async fn read_json_object(request: Request<Incoming>) -> Result<Map<String, Valu
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
         return Err(Error::PayloadTooLarge);
     }
-    let body = Limited::new(request.into_body(), MAX_BODY_BYTES)
-        .collect()
+    let collect = Limited::new(request.into_body(), MAX_BODY_BYTES).collect();
+    let collected = tokio::time::timeout(timeout, collect)
         .await
-        .map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                Error::PayloadTooLarge
-            } else {
-                Error::InvalidRequest("the request body could not be read".into())
-            }
-        })?;
-    match serde_json::from_slice::<Value>(&body.to_bytes()) {
-        Ok(Value::Object(object)) => Ok(object),
-        Ok(_) => Err(Error::InvalidRequest(
-            "the body must be a JSON object".into(),
-        )),
-        Err(_) => Err(Error::InvalidRequest("the body is not valid JSON".into())),
-    }
-}
-
-/// A required string field.
-fn required_str(object: &Map<String, Value>, field: &str) -> Result<String, Error> {
-    optional_str(object, field)?
-        .ok_or_else(|| Error::InvalidRequest(format!("{field} is required")))
-}
-
-/// An optional string field; `null` counts as absent.
-fn optional_str(object: &Map<String, Value>, field: &str) -> Result<Option<String>, Error> {
-    match object.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(text)) => Ok(Some(text.clone())),
-        Some(_) => Err(Error::InvalidRequest(format!("{field} must be a string"))),
-    }
+        .map_err(|_| Error::RequestTimeout)?;
+    let body = collected.map_err(|e| {
+        if e.downcast_ref::<http_body_util::LengthLimitError>()
+            .is_some()
+        {
+            Error::PayloadTooLarge
+        } else {
+            Error::InvalidRequest("the request body could not be read".into())
+        }
+    })?;
+    Ok(body.to_bytes())
 }

@@ -282,7 +282,11 @@ fn commit_batch(db: &Database, batch: &mut [Box<dyn WriteJob>]) -> StoreResult<(
     // for 1 M users and 5 M sessions). Group commit hides the extra cost.
     txn.set_quick_repair(true);
     for job in batch.iter_mut() {
-        job.apply(&txn)?;
+        // A bug in one operation fails its batch (the callers get 503), not the writer thread.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.apply(&txn))) {
+            Ok(applied) => applied?,
+            Err(_) => return Err(StoreError::Backend("a write operation panicked".into())),
+        }
     }
     txn.commit().map_err(backend)
 }

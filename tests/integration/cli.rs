@@ -181,6 +181,8 @@ async fn secret_file_and_seed_users_and_environment_variables() {
     let (_dir, data) = data_dir();
     let secret_file = data.join("jwt.secret");
     std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let seed = format!("env@example.com:2:Env User:{PASSWORD}");
     let server = ServerProcess::start_with_env(
         &data,

@@ -56,6 +56,11 @@ pub fn test_config(data: &Path) -> ServeConfig {
         ],
         sweep_interval: Duration::from_secs(3600),
         shutdown_timeout: Duration::from_secs(5),
+        throttle: Some(latchkey::throttle::ThrottlePolicy::default()),
+        trusted_proxies: Vec::new(),
+        max_connections: 10_000,
+        header_timeout: Duration::from_secs(10),
+        body_timeout: Duration::from_secs(10),
     }
 }
 
@@ -208,6 +213,45 @@ impl HttpClient {
         &self.base
     }
 
+    /// Sends a request; a transport failure (refused, reset, timed out) is an `Err`.
+    pub async fn try_send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Result<Response, String> {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request
+            .body(Full::new(body.into()))
+            .map_err(|e| e.to_string())?;
+        let response = tokio::time::timeout(Duration::from_secs(30), self.inner.request(request))
+            .await
+            .map_err(|_| "request timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        let text = String::from_utf8_lossy(&bytes).to_string();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Ok(Response {
+            status,
+            headers,
+            text,
+            body,
+        })
+    }
+
     pub async fn send(
         &self,
         method: Method,
@@ -215,28 +259,9 @@ impl HttpClient {
         headers: &[(&str, &str)],
         body: impl Into<Bytes>,
     ) -> Response {
-        let mut request = Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base));
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let request = request.body(Full::new(body.into())).unwrap();
-        let response = tokio::time::timeout(Duration::from_secs(30), self.inner.request(request))
+        self.try_send(method, path, headers, body)
             .await
-            .expect("request timed out")
-            .expect("request failed");
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let text = String::from_utf8_lossy(&bytes).to_string();
-        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Response {
-            status,
-            headers,
-            text,
-            body,
-        }
+            .expect("request failed")
     }
 
     pub async fn post_json(&self, path: &str, body: &Value) -> Response {
@@ -245,6 +270,18 @@ impl HttpClient {
             path,
             &[("content-type", "application/json")],
             body.to_string(),
+        )
+        .await
+    }
+
+    /// Like [`HttpClient::refresh`], but a transport failure is an `Err`.
+    pub async fn try_refresh(&self, refresh_token: &str) -> Result<Response, String> {
+        let body = json!({ "refreshToken": refresh_token }).to_string();
+        self.try_send(
+            Method::POST,
+            "/auth/refresh",
+            &[("content-type", "application/json")],
+            body,
         )
         .await
     }

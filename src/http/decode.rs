@@ -1,0 +1,206 @@
+//! Request decoders: bytes in, typed requests or a 4xx [`Error`] out.
+//!
+//! Pure functions with no I/O, so property tests can feed them anything.
+//! Messages name the field at fault and never repeat what the client sent.
+
+use hyper::header::HeaderValue;
+use serde_json::{Map, Value};
+
+use crate::error::Error;
+use crate::passwords::Password;
+use crate::store::LogoutScope;
+
+pub struct LoginRequest {
+    pub email: String,
+    pub password: Password,
+    pub client_type: Option<String>,
+}
+
+pub struct LogoutRequest {
+    pub refresh_token: String,
+    pub scope: LogoutScope,
+}
+
+/// A JSON object body. serde_json bounds nesting depth (128), so hostile
+/// nesting is an error, not a stack overflow.
+pub fn json_object(body: &[u8]) -> Result<Map<String, Value>, Error> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(object)) => Ok(object),
+        Ok(_) => Err(Error::InvalidRequest(
+            "the body must be a JSON object".into(),
+        )),
+        Err(_) => Err(Error::InvalidRequest("the body is not valid JSON".into())),
+    }
+}
+
+/// A required string field.
+fn required_str(object: &Map<String, Value>, field: &str) -> Result<String, Error> {
+    optional_str(object, field)?
+        .ok_or_else(|| Error::InvalidRequest(format!("{field} is required")))
+}
+
+/// An optional string field; `null` counts as absent.
+fn optional_str(object: &Map<String, Value>, field: &str) -> Result<Option<String>, Error> {
+    match object.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) => Ok(Some(text.clone())),
+        Some(_) => Err(Error::InvalidRequest(format!("{field} must be a string"))),
+    }
+}
+
+pub fn login_request(body: &[u8]) -> Result<LoginRequest, Error> {
+    let object = json_object(body)?;
+    Ok(LoginRequest {
+        email: required_str(&object, "email")?,
+        password: Password::new(required_str(&object, "password")?),
+        client_type: optional_str(&object, "type")?,
+    })
+}
+
+/// The `refreshToken` of a refresh request.
+pub fn refresh_request(body: &[u8]) -> Result<String, Error> {
+    required_str(&json_object(body)?, "refreshToken")
+}
+
+pub fn logout_request(body: &[u8]) -> Result<LogoutRequest, Error> {
+    let object = json_object(body)?;
+    let scope = match optional_str(&object, "scope")?.as_deref() {
+        None | Some("local") => LogoutScope::Session,
+        Some("global") => LogoutScope::AllSessionsOfUser,
+        Some(_) => {
+            return Err(Error::InvalidRequest(
+                "scope must be \"local\" or \"global\"".into(),
+            ))
+        }
+    };
+    Ok(LogoutRequest {
+        refresh_token: required_str(&object, "refreshToken")?,
+        scope,
+    })
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+pub fn bearer_token(header: Option<&HeaderValue>) -> Result<&str, Error> {
+    let header = header.ok_or(Error::InvalidToken("missing bearer token"))?;
+    let header = header
+        .to_str()
+        .map_err(|_| Error::InvalidToken("malformed Authorization header"))?;
+    match header.split_once(' ') {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
+            Ok(token.trim())
+        }
+        _ => Err(Error::InvalidToken(
+            "expected Authorization: Bearer <token>",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Property tests: any input decodes or fails with a client error; none panics.
+    use super::*;
+    use proptest::prelude::*;
+
+    use crate::config::Secret;
+    use crate::tokens::{TokenKeys, TokenType};
+
+    fn is_client_error<T>(result: &Result<T, Error>) -> bool {
+        match result {
+            Ok(_) => true,
+            Err(e) => e.status().is_client_error(),
+        }
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            ".*".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(6, 64, 8, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+                prop::collection::btree_map(
+                    prop_oneof![
+                        Just("email".to_string()),
+                        Just("password".to_string()),
+                        Just("type".to_string()),
+                        Just("refreshToken".to_string()),
+                        Just("scope".to_string()),
+                        ".*"
+                    ],
+                    inner,
+                    0..8
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(body in prop::collection::vec(any::<u8>(), 0..512)) {
+            prop_assert!(is_client_error(&login_request(&body)));
+            prop_assert!(is_client_error(&refresh_request(&body)));
+            prop_assert!(is_client_error(&logout_request(&body)));
+        }
+
+        #[test]
+        fn arbitrary_json_never_panics(value in json_value()) {
+            let body = serde_json::to_vec(&value).unwrap();
+            prop_assert!(is_client_error(&login_request(&body)));
+            prop_assert!(is_client_error(&refresh_request(&body)));
+            prop_assert!(is_client_error(&logout_request(&body)));
+        }
+
+        #[test]
+        fn arbitrary_tokens_are_refused_with_401(token in prop_oneof![
+            ".*",
+            "[A-Za-z0-9_-]{0,64}\\.[A-Za-z0-9_-]{0,128}\\.[A-Za-z0-9_-]{0,64}",
+        ]) {
+            let keys = TokenKeys::new(&Secret::new(vec![42; 32]).unwrap());
+            for kind in [TokenType::Access, TokenType::Refresh] {
+                let result = keys.verify(&token, kind);
+                prop_assert!(matches!(&result, Err(e) if e.status().as_u16() == 401));
+            }
+        }
+
+        #[test]
+        fn arbitrary_authorization_headers_never_panic(raw in prop::collection::vec(any::<u8>(), 0..256)) {
+            if let Ok(header) = HeaderValue::from_bytes(&raw) {
+                prop_assert!(is_client_error(&bearer_token(Some(&header))));
+            }
+        }
+    }
+
+    #[test]
+    fn hostile_shapes_are_client_errors() {
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(matches!(
+            login_request(deep.as_bytes()),
+            Err(Error::InvalidRequest(_))
+        ));
+        let duplicate = br#"{"refreshToken":"a","refreshToken":"b"}"#;
+        assert_eq!(
+            refresh_request(duplicate).unwrap(),
+            "b",
+            "the last duplicate wins, consistently"
+        );
+        let huge_number = br#"{"email":1e999999,"password":"x"}"#;
+        assert!(login_request(huge_number).is_err());
+        assert!(
+            login_request(b"{\"email\":\"\xff\"}").is_err(),
+            "invalid UTF-8"
+        );
+        assert!(
+            login_request(br#"{"email":"a@b.c","password":"x""#).is_err(),
+            "truncated"
+        );
+    }
+}

@@ -1,0 +1,363 @@
+//! Hostile clients: brute force, floods, slow and malformed requests.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::{Method, StatusCode};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::common::*;
+use latchkey::throttle::ThrottlePolicy;
+
+fn quick_throttle(account: u32, address: u32) -> Option<ThrottlePolicy> {
+    Some(ThrottlePolicy {
+        account_free_failures: account,
+        address_free_failures: address,
+        base_delay: Duration::from_secs(1),
+        max_delay: Duration::from_secs(60),
+        ..ThrottlePolicy::default()
+    })
+}
+
+fn wrong_password(email: &str) -> serde_json::Value {
+    json!({ "email": email, "password": "a wrong guess" })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_failures_back_off_per_account_with_retry_after() {
+    let server = TestServer::start_with(|c| c.throttle = quick_throttle(3, 100)).await;
+    let client = &server.client;
+    for _ in 0..4 {
+        client
+            .post_json("/auth/login", &wrong_password("ana@example.com"))
+            .await
+            .assert_error(401, "invalid_credentials");
+    }
+    // Even the right password waits now; the answer comes without hashing.
+    let right = json!({ "email": "ANA@example.com ", "password": PASSWORD });
+    let limited = client.post_json("/auth/login", &right).await;
+    limited.assert_error(429, "rate_limited");
+    assert_eq!(limited.headers["retry-after"], "1");
+    assert!(!limited.text.contains(PASSWORD));
+    // Other accounts are not affected.
+    server.login("mo@example.com", None).await;
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    server.login("ana@example.com", None).await;
+    // The success reset the account: three free failures again.
+    for _ in 0..3 {
+        client
+            .post_json("/auth/login", &wrong_password("ana@example.com"))
+            .await
+            .assert_error(401, "invalid_credentials");
+    }
+    server.login("ana@example.com", None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_addresses_come_from_x_forwarded_for_only_behind_trusted_proxies() {
+    let forwarded = |client: &HttpClient, from: &'static str, email: String| {
+        let client = client.clone();
+        async move {
+            let body = wrong_password(&email).to_string();
+            let headers = [
+                ("content-type", "application/json"),
+                ("x-forwarded-for", from),
+            ];
+            client
+                .send(Method::POST, "/auth/login", &headers, body)
+                .await
+        }
+    };
+
+    let server = TestServer::start_with(|c| {
+        c.throttle = quick_throttle(100, 3);
+        c.trusted_proxies = vec![latchkey::config::Cidr::parse("127.0.0.0/8").unwrap()];
+    })
+    .await;
+    for n in 0..4 {
+        forwarded(&server.client, "203.0.113.5", format!("u{n}@example.com"))
+            .await
+            .assert_error(401, "invalid_credentials");
+    }
+    forwarded(&server.client, "203.0.113.5", "u9@example.com".into())
+        .await
+        .assert_error(429, "rate_limited");
+    // A spoofed entry to the left of the proxy's is not believed.
+    forwarded(
+        &server.client,
+        "198.51.100.1, 203.0.113.5",
+        "u9@example.com".into(),
+    )
+    .await
+    .assert_error(429, "rate_limited");
+    forwarded(&server.client, "203.0.113.6", "u9@example.com".into())
+        .await
+        .assert_error(401, "invalid_credentials");
+
+    // Without a trusted proxy the header is ignored: the peer address counts.
+    let server = TestServer::start_with(|c| c.throttle = quick_throttle(100, 3)).await;
+    for n in 0..4 {
+        let from = ["203.0.113.1", "203.0.113.2", "203.0.113.3", "203.0.113.4"][n];
+        forwarded(&server.client, from, format!("u{n}@example.com"))
+            .await
+            .assert_error(401, "invalid_credentials");
+    }
+    forwarded(&server.client, "203.0.113.99", "u9@example.com".into())
+        .await
+        .assert_error(429, "rate_limited");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_flood_is_shed_with_503_while_refresh_keeps_working() {
+    let server = TestServer::start_with(|c| {
+        c.argon2 = latchkey::config::Argon2Costs {
+            memory_kib: 4096,
+            iterations: 8,
+            parallelism: 1,
+        };
+        c.hash_workers = 1;
+        c.hash_queue = 2;
+        c.seed_users =
+            vec![
+                latchkey::config::parse_seed_user(&format!("ana@example.com:2:Ana:{PASSWORD}"))
+                    .unwrap(),
+            ];
+    })
+    .await;
+    let tokens = server.login("ana@example.com", None).await;
+    let flood: Vec<_> = (0..24)
+        .map(|_| {
+            let client = server.client.clone();
+            tokio::spawn(async move {
+                client
+                    .post_json(
+                        "/auth/login",
+                        &json!({ "email": "ana@example.com", "password": PASSWORD }),
+                    )
+                    .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let started = Instant::now();
+    let refreshed = server.client.refresh(&tokens.refresh).await;
+    assert_eq!(refreshed.status, StatusCode::OK);
+    let refresh_latency = started.elapsed();
+
+    let (mut ok, mut overloaded) = (0, 0);
+    for response in flood {
+        let response = response.await.unwrap();
+        match response.status.as_u16() {
+            200 => ok += 1,
+            503 => {
+                response.assert_error(503, "overloaded");
+                assert!(response.headers.contains_key("retry-after"));
+                overloaded += 1;
+            }
+            other => panic!("unexpected {other}: {}", response.text),
+        }
+    }
+    assert!(
+        ok >= 1 && overloaded >= 10,
+        "ok {ok}, overloaded {overloaded}"
+    );
+    // Not a timing assertion on speed, only that refresh did not queue behind the hashes.
+    assert!(
+        refresh_latency < Duration::from_secs(5),
+        "{refresh_latency:?}"
+    );
+}
+
+async fn raw_exchange(address: &str, request: &[u8], wait: Duration) -> String {
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(wait, stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_bodies_time_out_and_idle_connections_are_closed() {
+    let server = TestServer::start_with(|c| {
+        c.body_timeout = Duration::from_millis(500);
+        c.header_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let address = server
+        .client
+        .base()
+        .trim_start_matches("http://")
+        .to_string();
+
+    let slow_body = b"POST /auth/login HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"em";
+    let answer = raw_exchange(&address, slow_body, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+
+    // Half a header: the connection is closed without an answer.
+    let started = Instant::now();
+    let answer = raw_exchange(
+        &address,
+        b"POST /auth/login HTTP/1.1\r\nhost:",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(!answer.contains("200"), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "closed by the header timeout"
+    );
+
+    // An idle keep-alive connection is closed after the same timeout.
+    let mut stream = TcpStream::connect(&address).await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buffer = vec![0u8; 4096];
+    let n = stream.read(&mut buffer).await.unwrap();
+    assert!(String::from_utf8_lossy(&buffer[..n]).starts_with("HTTP/1.1 200"));
+    let closed = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "the idle connection was closed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_half_open_connections_do_not_lock_out_a_login() {
+    let server = TestServer::start_with(|c| c.max_connections = 256).await;
+    let address = server
+        .client
+        .base()
+        .trim_start_matches("http://")
+        .to_string();
+    let mut slowloris = Vec::new();
+    for _ in 0..1000 {
+        if let Ok(mut stream) = TcpStream::connect(&address).await {
+            let _ = stream
+                .write_all(b"POST /auth/login HTTP/1.1\r\nhost: x\r\ncontent-")
+                .await;
+            slowloris.push(stream);
+        }
+    }
+    assert!(
+        slowloris.len() >= 900,
+        "the listener accepted the connections"
+    );
+    let started = Instant::now();
+    let fresh = HttpClient::new(server.client.base());
+    let tokens = login(&fresh, "ana@example.com", Some("web")).await;
+    assert_eq!(fresh.refresh(&tokens.refresh).await.status, StatusCode::OK);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "served at once, not after the header timeout"
+    );
+    drop(slowloris);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_inputs_get_4xx_never_5xx() {
+    let server = TestServer::start().await;
+    let client = &server.client;
+    let json_headers = [("content-type", "application/json")];
+    let deep = format!("{}{}", "[".repeat(50_000), "]".repeat(50_000));
+    let long_token = format!("{{\"refreshToken\":\"{}\"}}", "a".repeat(9000));
+    let bodies: Vec<Vec<u8>> = vec![
+        b"{\"email\":\"\xff\xfe\",\"password\":\"x\"}".to_vec(),
+        deep.into_bytes(),
+        br#"{"email":"a@b.c","email":"ana@example.com","password":"x"}"#.to_vec(),
+        br#"{"email":["a"],"password":{"x":1}}"#.to_vec(),
+        br#"{"email":null,"password":null}"#.to_vec(),
+        br#"{"email":1e400,"password":123456789012345678901234567890}"#.to_vec(),
+        format!("{{\"email\":\"{}\",\"password\":\"x\"}}", "a".repeat(15_000)).into_bytes(),
+        vec![b'{'; 16 * 1024],
+        b"{\"email\":\"ana@example.com\",\"password\":\"".to_vec(),
+        long_token.into_bytes(),
+        br#"{"refreshToken":"eyJhbGciOiJIUzI1NiIsImprdSI6Imh0dHA6Ly8xMjcuMC4wLjE6MS9rZXlzIiwia2lkIjoiLi4vLi4vZXRjL3Bhc3N3ZCIsIng1dSI6Imh0dHA6Ly8xMjcuMC4wLjE6MS94NTA5IiwiY3JpdCI6WyJleHAiXX0.eyJzdWIiOiIxIn0.c2lnbmF0dXJl"}"#.to_vec(),
+        b"\x00\x01\x02".to_vec(),
+        Vec::new(),
+    ];
+    let mut statuses = std::collections::BTreeMap::new();
+    for body in &bodies {
+        for path in ["/auth/login", "/auth/refresh", "/auth/logout"] {
+            let response = client
+                .send(Method::POST, path, &json_headers, Bytes::from(body.clone()))
+                .await;
+            assert!(
+                response.status.is_client_error(),
+                "{path} {}: {}",
+                response.status,
+                response.text
+            );
+            *statuses.entry(response.status.as_u16()).or_insert(0) += 1;
+        }
+    }
+    for bearer in [
+        "Bearer",
+        "Bearer ",
+        "bearer x.y.z",
+        "Token abc",
+        "Bearer a b c",
+        "Bearer \u{e9}t\u{e9}",
+    ] {
+        let response = client
+            .send(
+                Method::GET,
+                "/auth/profile",
+                &[("authorization", bearer)],
+                Bytes::new(),
+            )
+            .await;
+        assert_eq!(response.status, StatusCode::UNAUTHORIZED, "{bearer:?}");
+    }
+    assert!(
+        statuses.keys().all(|s| (400..500).contains(s)),
+        "{statuses:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_files_readable_by_others_are_refused_unless_allowed() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_dir, data) = data_dir();
+    let secret = data.join("jwt.secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let db = data.join("latchkey.redb").display().to_string();
+    let refused = run_cli(
+        &[
+            "serve",
+            "--port",
+            "0",
+            "--data",
+            &db,
+            "--secret-file",
+            secret.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("accessible to other users") && stderr.contains("chmod 600"),
+        "{stderr}"
+    );
+
+    let server = ServerProcess::start(
+        &data,
+        &[
+            "--secret-file",
+            secret.to_str().unwrap(),
+            "--insecure-secret-file",
+        ],
+    );
+    let health = server
+        .client
+        .send(Method::GET, "/healthz", &[], Bytes::new())
+        .await;
+    assert_eq!(health.status, StatusCode::OK);
+}
