@@ -82,45 +82,58 @@ async fn a_refresh_answered_200_survives_kill_9() {
     }
 }
 
-/// Runs refresh chains until the server goes away; answers each chain's last
-/// acknowledged token, every token ever answered 200, and the request count.
-async fn run_chains(
-    client: HttpClient,
-    chains: Vec<String>,
-) -> (Vec<String>, Vec<Vec<String>>, usize, Vec<String>) {
+struct ChainsRun {
+    /// Each chain's last token answered 200.
+    acked: Vec<String>,
+    /// Each chain's tokens that were rotated during the run, oldest first.
+    rotated: Vec<Vec<String>>,
+    /// Refreshes answered 200.
+    requests: usize,
+    /// Chains whose acknowledged token was presented again and answered
+    /// (the first request of each chain in this run).
+    acked_checked: usize,
+    /// Any answer other than 200.
+    losses: Vec<String>,
+}
+
+/// Runs refresh chains until the server goes away.
+async fn run_chains(client: HttpClient, chains: Vec<String>) -> ChainsRun {
     let tasks: Vec<_> = chains
         .into_iter()
         .map(|start| {
             let client = client.clone();
             tokio::spawn(async move {
-                let (mut acked, mut history, mut requests, mut losses) =
-                    (start, Vec::new(), 0usize, Vec::new());
-                loop {
-                    let Ok(response) = client.try_refresh(&acked).await else {
-                        break;
-                    };
-                    requests += 1;
+                let (mut acked, mut rotated, mut requests, mut loss) =
+                    (start, Vec::new(), 0usize, None);
+                while let Ok(response) = client.try_refresh(&acked).await {
                     if response.status != StatusCode::OK {
-                        losses.push(format!("{} {}", response.status, response.text));
+                        loss = Some(format!("{} {}", response.status, response.text));
                         break;
                     }
-                    history.push(acked);
+                    requests += 1;
+                    rotated.push(acked);
                     acked = Tokens::from_body(&response.body).refresh;
                 }
-                (acked, history, requests, losses)
+                (acked, rotated, requests, loss)
             })
         })
         .collect();
-    let (mut acked, mut histories, mut requests, mut losses) =
-        (Vec::new(), Vec::new(), 0, Vec::new());
+    let mut run = ChainsRun {
+        acked: Vec::new(),
+        rotated: Vec::new(),
+        requests: 0,
+        acked_checked: 0,
+        losses: Vec::new(),
+    };
     for task in tasks {
-        let (a, h, r, l) = task.await.unwrap();
-        acked.push(a);
-        histories.push(h);
-        requests += r;
-        losses.extend(l);
+        let (acked, rotated, requests, loss) = task.await.unwrap();
+        run.acked_checked += usize::from(requests > 0 || loss.is_some());
+        run.acked.push(acked);
+        run.rotated.push(rotated);
+        run.requests += requests;
+        run.losses.extend(loss);
     }
-    (acked, histories, requests, losses)
+    run
 }
 
 /// SIGKILL at random moments under a refresh load, 20 times: every token
@@ -149,9 +162,9 @@ async fn twenty_kill_9_cycles_under_load_lose_nothing() {
     }
     server.kill_hard();
 
-    let mut histories: Vec<Vec<String>> = vec![Vec::new(); CHAINS];
-    let (mut requests, mut losses) = (0, Vec::new());
-    let mut random = std::collections::hash_map::RandomState::new();
+    let mut rotated: Vec<Vec<String>> = vec![Vec::new(); CHAINS];
+    let (mut requests, mut checked, mut losses) = (0, 0, Vec::new());
+    let random = std::collections::hash_map::RandomState::new();
     for cycle in 0..CYCLES {
         let server = ServerProcess::start(&data, &args);
         let load = tokio::spawn(run_chains(server.client.clone(), acked.clone()));
@@ -160,19 +173,22 @@ async fn twenty_kill_9_cycles_under_load_lose_nothing() {
         tokio::task::spawn_blocking(move || server.kill_hard())
             .await
             .unwrap();
-        let (new_acked, new_histories, n, l) = load.await.unwrap();
-        acked = new_acked;
-        for (all, new) in histories.iter_mut().zip(new_histories) {
+        let run = load.await.unwrap();
+        acked = run.acked;
+        for (all, new) in rotated.iter_mut().zip(run.rotated) {
             all.extend(new);
         }
-        requests += n;
-        losses.extend(l.into_iter().map(|loss| format!("cycle {cycle}: {loss}")));
-        random = std::collections::hash_map::RandomState::new();
+        requests += run.requests;
+        checked += run.acked_checked;
+        losses.extend(
+            run.losses
+                .into_iter()
+                .map(|loss| format!("cycle {cycle}: {loss}")),
+        );
     }
 
     let server = ServerProcess::start(&data, &args);
-    let mut checked = 0;
-    for (token, history) in acked.iter().zip(&histories) {
+    for (token, history) in acked.iter().zip(&rotated) {
         let response = server.client.refresh(token).await;
         checked += 1;
         if response.status != StatusCode::OK {
@@ -192,7 +208,10 @@ async fn twenty_kill_9_cycles_under_load_lose_nothing() {
             checked += 1;
         }
     }
-    eprintln!("kill -9 cycles: {CYCLES}, refreshes answered: {requests}, tokens checked: {checked}, losses: {}", losses.len());
+    eprintln!(
+        "kill -9 cycles: {CYCLES}, refreshes answered 200: {requests}, tokens checked: {checked}, losses: {}",
+        losses.len()
+    );
     assert!(requests > CYCLES * 10, "the load ran: {requests}");
     assert!(losses.is_empty(), "{losses:#?}");
 }
@@ -223,12 +242,12 @@ async fn sigterm_under_load_drops_no_accepted_request() {
         .await
         .unwrap();
     assert_eq!(status.code(), Some(0));
-    let (acked, _, requests, losses) = load.await.unwrap();
-    assert!(losses.is_empty(), "{losses:#?}");
-    assert!(requests > 16, "the load ran: {requests}");
+    let run = load.await.unwrap();
+    assert!(run.losses.is_empty(), "{:#?}", run.losses);
+    assert!(run.requests > 16, "the load ran: {}", run.requests);
 
     let server = ServerProcess::start(&data, &args);
-    for token in &acked {
+    for token in &run.acked {
         let response = server.client.refresh(token).await;
         assert_eq!(response.status, StatusCode::OK, "{}", response.text);
     }
