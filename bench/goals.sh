@@ -33,7 +33,7 @@ bench() { # LABEL [bench flags…]: one JSON line per run into results.jsonl
 }
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 
-rm -f "$out/results.jsonl"
+rm -f "$out/results.jsonl" "$out/wrk.jsonl"
 small=$out/small.redb big=$out/big.redb
 rm -f "$small" "$out/small.secret"
 "$bin" bench --populate --data "$small" --users 1000 --log warn

@@ -11,6 +11,7 @@ use crate::error::Error;
 use crate::passwords::{Password, Passwords};
 use crate::session::Millis;
 use crate::store::redb::RedbStore;
+use crate::store::space::SpaceGuard;
 use crate::store::Store;
 use crate::tokens::TokenKeys;
 
@@ -20,6 +21,8 @@ const SWEEP_BATCH: usize = 1000;
 pub struct App {
     pub auth: Auth,
     pub config: ServeConfig,
+    /// The free-space guard of the data file system.
+    pub space: Arc<SpaceGuard>,
 }
 
 /// Wall-clock time in milliseconds since the Unix epoch.
@@ -36,8 +39,11 @@ impl App {
     ) -> Result<Arc<App>, Box<dyn std::error::Error + Send + Sync>> {
         crate::config::ensure_data_folder(&config.data)?;
         let (path, cache_bytes) = (config.data.clone(), config.cache_bytes);
+        let space = Arc::new(SpaceGuard::new(&config.data, config.min_free_bytes));
+        let store_space = Arc::clone(&space);
         let store =
-            tokio::task::spawn_blocking(move || RedbStore::open(&path, cache_bytes)).await??;
+            tokio::task::spawn_blocking(move || RedbStore::open(&path, cache_bytes, store_space))
+                .await??;
         let store: Arc<dyn Store> = Arc::new(store);
         let passwords = Passwords::new(config.argon2, config.hash_workers, config.hash_queue)?;
         let throttle = config.throttle.map(crate::throttle::Throttle::new);
@@ -67,7 +73,11 @@ impl App {
                 }
             }
         }
-        Ok(Arc::new(App { auth, config }))
+        Ok(Arc::new(App {
+            auth,
+            config,
+            space,
+        }))
     }
 
     /// Deletes expired sessions in bounded batches until none are left.

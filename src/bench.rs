@@ -28,6 +28,7 @@ use crate::config::{self, parse_duration, Argon2Costs};
 use crate::passwords::{Password, Passwords};
 use crate::session::{IssuedRefresh, Session, SessionId, TokenId};
 use crate::store::redb::RedbStore;
+use crate::store::space::SpaceGuard;
 use crate::store::NewUser;
 use crate::tokens::TokenKeys;
 
@@ -490,9 +491,7 @@ pub async fn populate(common: &CommonArgs, args: &BenchArgs) -> Result<(), BoxEr
             .ok_or("--sample-tokens needs --tokens FILE")?;
         Some(TokenKeys::new(&config::resolve_secret(
             &common.data,
-            args.secret.as_deref(),
-            args.secret_file.as_deref(),
-            true,
+            &args.secret,
         )?))
     } else {
         None
@@ -501,7 +500,11 @@ pub async fn populate(common: &CommonArgs, args: &BenchArgs) -> Result<(), BoxEr
     config::ensure_data_folder(&common.data)?;
     let path = common.data.clone();
     let cache = common.cache_mb.saturating_mul(1024 * 1024);
-    let store = tokio::task::spawn_blocking(move || RedbStore::open(&path, cache)).await??;
+    let space = Arc::new(SpaceGuard::new(
+        &common.data,
+        common.min_free_mb.saturating_mul(1024 * 1024),
+    ));
+    let store = tokio::task::spawn_blocking(move || RedbStore::open(&path, cache, space)).await??;
     let passwords = Passwords::new(Argon2Costs::from_args(common)?, 1, 1)?;
     let password_hash = passwords.hash(Password::new(args.password.clone())).await?;
 

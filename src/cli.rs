@@ -57,6 +57,16 @@ pub struct CommonArgs {
     #[arg(long, global = true, env = "LATCHKEY_CACHE_MB", default_value_t = 32)]
     pub cache_mb: usize,
 
+    /// Free space (MiB) to keep on the data file system: below it, writes
+    /// answer 503 until space is freed, and the database stays intact. 0 turns it off.
+    #[arg(
+        long,
+        global = true,
+        env = "LATCHKEY_MIN_FREE_MB",
+        default_value_t = 64
+    )]
+    pub min_free_mb: u64,
+
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `latchkey=debug`.
     #[arg(long, global = true, env = "LATCHKEY_LOG", default_value = "info")]
     pub log: String,
@@ -153,30 +163,15 @@ pub struct BenchArgs {
     #[arg(long, env = "LATCHKEY_SAMPLE_TOKENS", default_value_t = 0)]
     pub sample_tokens: u64,
 
-    /// With --populate --sample-tokens: the server's signing secret (as for `serve`).
-    #[arg(
-        long,
-        env = "LATCHKEY_SECRET",
-        hide_env_values = true,
-        conflicts_with = "secret_file"
-    )]
-    pub secret: Option<String>,
-
-    /// With --populate --sample-tokens: the server's secret file (as for `serve`).
-    #[arg(long, env = "LATCHKEY_SECRET_FILE")]
-    pub secret_file: Option<PathBuf>,
+    /// With --populate --sample-tokens: the server's secret, as for `serve`.
+    #[command(flatten)]
+    pub secret: SecretArgs,
 }
 
+/// Where the HS256 signing secret comes from. Without either flag, a secret
+/// generated once beside the database is used.
 #[derive(Debug, Args, Clone)]
-pub struct ServeArgs {
-    /// TCP port to listen on (0 picks a free one).
-    #[arg(long, env = "LATCHKEY_PORT", default_value_t = 8080)]
-    pub port: u16,
-
-    /// Address to listen on.
-    #[arg(long, env = "LATCHKEY_BIND", default_value = "127.0.0.1")]
-    pub bind: String,
-
+pub struct SecretArgs {
     /// HS256 signing secret, used as its raw UTF-8 bytes (at least 32 bytes).
     #[arg(
         long,
@@ -193,6 +188,20 @@ pub struct ServeArgs {
     /// Accept a secret file that other users may read (refused by default).
     #[arg(long, env = "LATCHKEY_INSECURE_SECRET_FILE")]
     pub insecure_secret_file: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ServeArgs {
+    /// TCP port to listen on (0 picks a free one).
+    #[arg(long, env = "LATCHKEY_PORT", default_value_t = 8080)]
+    pub port: u16,
+
+    /// Address to listen on.
+    #[arg(long, env = "LATCHKEY_BIND", default_value = "127.0.0.1")]
+    pub bind: String,
+
+    #[command(flatten)]
+    pub secret: SecretArgs,
 
     /// Lifetime of an access token (`30s`, `15m`, `1h`, `7d`).
     #[arg(long, env = "LATCHKEY_ACCESS_TTL", default_value = "1h")]

@@ -313,6 +313,8 @@ pub struct ServeConfig {
     pub data: PathBuf,
     /// redb page cache, in bytes.
     pub cache_bytes: usize,
+    /// Free space to keep on the data file system, in bytes.
+    pub min_free_bytes: u64,
     pub secret: Secret,
     pub lifetimes: Lifetimes,
     pub type_roles: TypeRoles,
@@ -358,25 +360,19 @@ impl ServeConfig {
                 .map(|n| n.get())
                 .unwrap_or(2),
         };
-        let secret = resolve_secret(
-            &common.data,
-            args.secret.as_deref(),
-            args.secret_file.as_deref(),
-            args.insecure_secret_file,
-        )?;
-        let throttle =
-            (!args.no_login_throttle)
-                .then_some(())
-                .map(|()| -> Result<_, ConfigError> {
-                    Ok(crate::throttle::ThrottlePolicy {
-                        account_free_failures: args.throttle_account_failures,
-                        address_free_failures: args.throttle_address_failures,
-                        base_delay: parse_duration(&args.throttle_base_delay)?,
-                        max_delay: parse_duration(&args.throttle_max_delay)?,
-                        capacity: args.throttle_capacity.max(2),
-                        ..crate::throttle::ThrottlePolicy::default()
-                    })
-                });
+        let secret = resolve_secret(&common.data, &args.secret)?;
+        let throttle = if args.no_login_throttle {
+            None
+        } else {
+            Some(crate::throttle::ThrottlePolicy {
+                account_free_failures: args.throttle_account_failures,
+                address_free_failures: args.throttle_address_failures,
+                base_delay: parse_duration(&args.throttle_base_delay)?,
+                max_delay: parse_duration(&args.throttle_max_delay)?,
+                capacity: args.throttle_capacity.max(2),
+                ..crate::throttle::ThrottlePolicy::default()
+            })
+        };
         let header_timeout = parse_duration(&args.header_timeout)?;
         let body_timeout = parse_duration(&args.body_timeout)?;
         if header_timeout.is_zero() || body_timeout.is_zero() {
@@ -390,6 +386,7 @@ impl ServeConfig {
             port: args.port,
             data: common.data.clone(),
             cache_bytes: common.cache_mb.saturating_mul(1024 * 1024),
+            min_free_bytes: common.min_free_mb.saturating_mul(1024 * 1024),
             secret,
             lifetimes,
             type_roles: TypeRoles::parse(&args.type_role)?,
@@ -403,7 +400,7 @@ impl ServeConfig {
                 .collect::<Result<_, _>>()?,
             sweep_interval,
             shutdown_timeout: parse_duration(&args.shutdown_timeout)?,
-            throttle: throttle.transpose()?,
+            throttle,
             trusted_proxies: args
                 .trusted_proxy
                 .iter()
@@ -421,14 +418,9 @@ impl ServeConfig {
 /// generated beside the database (created on first use).
 ///
 /// A secret file that other users may read is refused unless
-/// `allow_readable_by_others`: anyone who can read it can mint tokens for any
+/// `--insecure-secret-file`: anyone who can read it can mint tokens for any
 /// user, and a start-up error is noticed where a warning scrolls by.
-pub fn resolve_secret(
-    data: &Path,
-    secret: Option<&str>,
-    secret_file: Option<&Path>,
-    allow_readable_by_others: bool,
-) -> Result<Secret, ConfigError> {
+pub fn resolve_secret(data: &Path, args: &crate::cli::SecretArgs) -> Result<Secret, ConfigError> {
     let check = |path: &Path| -> Result<(), ConfigError> {
         let Ok(metadata) = fs::metadata(path) else {
             return Ok(());
@@ -437,7 +429,7 @@ pub fn resolve_secret(
         if mode & 0o077 == 0 {
             return Ok(());
         }
-        if allow_readable_by_others {
+        if args.insecure_secret_file {
             tracing::warn!(path = %path.display(), "the secret file is accessible to other users (allowed by --insecure-secret-file)");
             return Ok(());
         }
@@ -448,7 +440,7 @@ pub fn resolve_secret(
             path.display()
         ))
     };
-    match (secret, secret_file) {
+    match (&args.secret, &args.secret_file) {
         (Some(text), _) => Secret::new(text.as_bytes().to_vec()),
         (None, Some(path)) => {
             check(path)?;

@@ -13,6 +13,7 @@ use latchkey::cli::{Cli, Command, CommonArgs, ServeArgs, UserCommand};
 use latchkey::config::{self, Argon2Costs, ServeConfig};
 use latchkey::passwords::{Password, Passwords};
 use latchkey::store::redb::RedbStore;
+use latchkey::store::space::SpaceGuard;
 use latchkey::store::Store;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -90,11 +91,13 @@ async fn shutdown_signal() {
 
 async fn open_store(common: &CommonArgs) -> Result<RedbStore, BoxError> {
     config::ensure_data_folder(&common.data)?;
-    let (path, cache_bytes) = (
-        common.data.clone(),
-        common.cache_mb.saturating_mul(1024 * 1024),
-    );
-    Ok(tokio::task::spawn_blocking(move || RedbStore::open(&path, cache_bytes)).await??)
+    let path = common.data.clone();
+    let cache_bytes = common.cache_mb.saturating_mul(1024 * 1024);
+    let space = Arc::new(SpaceGuard::new(
+        &common.data,
+        common.min_free_mb.saturating_mul(1024 * 1024),
+    ));
+    Ok(tokio::task::spawn_blocking(move || RedbStore::open(&path, cache_bytes, space)).await??)
 }
 
 async fn user_command(common: &CommonArgs, command: UserCommand) -> Result<(), BoxError> {

@@ -25,6 +25,9 @@ use tokio::sync::oneshot;
 use crate::config::{Argon2Costs, ConfigError};
 use crate::error::Error;
 
+/// Niceness of the hashing threads (0 is normal, 19 the lowest).
+const HASH_THREAD_NICE: i32 = 10;
+
 /// A worker's memory buffer is released after this long without work.
 const IDLE_RELEASE: Duration = Duration::from_secs(10);
 
@@ -193,6 +196,14 @@ impl Drop for Passwords {
 }
 
 fn run_worker(queue: &Queue, params: &Params) {
+    // Lower priority than the request workers: when logins and refreshes
+    // compete for the cores, refresh and profile keep their latency and
+    // hashing takes what is left. Alone, hashing still gets every core.
+    if let Err(e) =
+        rustix::process::setpriority_process(Some(rustix::thread::gettid()), HASH_THREAD_NICE)
+    {
+        tracing::debug!(error = %e, "could not lower the priority of a hashing thread");
+    }
     let mut buffer: Vec<Block> = Vec::new();
     loop {
         let job = {

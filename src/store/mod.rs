@@ -10,6 +10,7 @@
 //! several instances would implement the same trait.
 
 pub mod redb;
+pub mod space;
 
 use async_trait::async_trait;
 use std::fmt;
@@ -85,6 +86,8 @@ pub enum StoreError {
     Locked(String),
     /// The backend failed (I/O, disk full, …).
     Backend(String),
+    /// The data file system has less free space than the reserve.
+    DiskFull { available: u64, reserve: u64 },
     /// A record could not be decoded.
     Corrupt(String),
     /// The store is shutting down.
@@ -100,6 +103,12 @@ impl fmt::Display for StoreError {
                  Stop that process and retry, or seed users at start with `latchkey serve --seed-user …`"
             ),
             StoreError::Backend(cause) => write!(f, "storage failure: {cause}"),
+            StoreError::DiskFull { available, reserve } => write!(
+                f,
+                "the data file system has {} MiB free, less than the reserve of {} MiB: writes are paused until space is freed",
+                available >> 20,
+                reserve >> 20
+            ),
             StoreError::Corrupt(cause) => write!(f, "corrupt record: {cause}"),
             StoreError::Closed => write!(f, "the store is closed"),
         }

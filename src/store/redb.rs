@@ -30,6 +30,7 @@ use redb::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+use super::space::SpaceGuard;
 use super::{LogoutScope, NewUser, RefreshOutcome, Store, StoreError, StoreResult, User};
 use crate::session::{
     IssuedRefresh, Millis, Rotation, RotationPolicy, Session, SessionId, TokenId, UserId,
@@ -97,8 +98,9 @@ pub struct RedbStore {
 
 impl RedbStore {
     /// Opens (or creates, mode 0600) the database at `path` with a page cache
-    /// of `cache_bytes`, and starts its writer.
-    pub fn open(path: &Path, cache_bytes: usize) -> StoreResult<Self> {
+    /// of `cache_bytes`, and starts its writer, which asks `space` before
+    /// every commit.
+    pub fn open(path: &Path, cache_bytes: usize, space: Arc<SpaceGuard>) -> StoreResult<Self> {
         if !path.exists() {
             fs::OpenOptions::new()
                 .write(true)
@@ -134,7 +136,7 @@ impl RedbStore {
         let writer_db = Arc::clone(&db);
         let writer = std::thread::Builder::new()
             .name("latchkey-writer".into())
-            .spawn(move || run_writer(&writer_db, queue))
+            .spawn(move || run_writer(&writer_db, &space, queue))
             .map_err(backend)?;
         Ok(RedbStore {
             db,
@@ -253,7 +255,7 @@ impl Drop for RedbStore {
     }
 }
 
-fn run_writer(db: &Database, mut queue: mpsc::Receiver<Box<dyn WriteJob>>) {
+fn run_writer(db: &Database, space: &SpaceGuard, mut queue: mpsc::Receiver<Box<dyn WriteJob>>) {
     let mut batch: Vec<Box<dyn WriteJob>> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = queue.blocking_recv() {
         batch.push(first);
@@ -263,7 +265,7 @@ fn run_writer(db: &Database, mut queue: mpsc::Receiver<Box<dyn WriteJob>>) {
                 Err(_) => break,
             }
         }
-        let committed = commit_batch(db, &mut batch);
+        let committed = space.check().and_then(|()| commit_batch(db, &mut batch));
         if let Err(e) = &committed {
             tracing::error!(error = %e, operations = batch.len(), "write batch failed");
         }

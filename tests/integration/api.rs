@@ -374,7 +374,7 @@ async fn refresh_rejects_bad_tokens_with_their_own_codes() {
         .await
         .assert_error(401, "invalid_token");
 
-    let ours = TokenKeys::new(&Secret::new(SECRET.as_bytes().to_vec()).unwrap());
+    let ours = test_keys();
     let expired = IssuedRefresh {
         jti,
         issued_at: now - 100,
@@ -450,9 +450,8 @@ async fn refresh_of_a_deleted_user_is_404() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn profile_needs_a_live_access_token() {
-    use latchkey::config::Secret;
     use latchkey::session::SessionId;
-    use latchkey::tokens::{Profile, TokenKeys};
+    use latchkey::tokens::Profile;
 
     let server = TestServer::start().await;
     let client = &server.client;
@@ -486,7 +485,7 @@ async fn profile_needs_a_live_access_token() {
         .await
         .assert_error(401, "invalid_token");
 
-    let ours = TokenKeys::new(&Secret::new(SECRET.as_bytes().to_vec()).unwrap());
+    let ours = test_keys();
     let sid = SessionId::from_hex(claims(&tokens.access)["sid"].as_str().unwrap()).unwrap();
     let profile = Profile {
         id: "1".into(),

@@ -221,9 +221,8 @@ async fn secret_file_and_seed_users_and_environment_variables() {
         .assert_error(400, "invalid_request");
 
     // Tokens are signed with the file's secret (without its newline).
-    use latchkey::config::Secret;
-    use latchkey::tokens::{TokenKeys, TokenType};
-    let keys = TokenKeys::new(&Secret::new(SECRET.as_bytes().to_vec()).unwrap());
+    use latchkey::tokens::TokenType;
+    let keys = test_keys();
     assert!(keys.verify(&flagged.access, TokenType::Access).is_ok());
     drop(server);
 

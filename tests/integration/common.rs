@@ -31,12 +31,18 @@ pub const CHEAP_ARGON2: Argon2Costs = Argon2Costs {
 };
 pub const CHEAP_ARGON2_FLAGS: [&str; 4] = ["--argon2-memory", "64", "--argon2-iterations", "1"];
 
+/// The keys test servers sign with, for minting tokens in tests.
+pub fn test_keys() -> latchkey::tokens::TokenKeys {
+    latchkey::tokens::TokenKeys::new(&Secret::new(SECRET.as_bytes().to_vec()).unwrap())
+}
+
 pub fn test_config(data: &Path) -> ServeConfig {
     ServeConfig {
         bind: "127.0.0.1".into(),
         port: 0,
         data: data.join("latchkey.redb"),
         cache_bytes: 8 << 20,
+        min_free_bytes: 0,
         secret: Secret::new(SECRET.as_bytes().to_vec()).unwrap(),
         lifetimes: Lifetimes {
             access_ttl: Duration::from_secs(3600),

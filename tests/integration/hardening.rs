@@ -361,3 +361,48 @@ async fn secret_files_readable_by_others_are_refused_unless_allowed() {
         .await;
     assert_eq!(health.status, StatusCode::OK);
 }
+
+/// A full disk (the free-space reserve is not met) pauses writes with 503;
+/// reads keep working; writes resume by themselves when space is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_pauses_writes_and_recovers_by_itself() {
+    let server = TestServer::start().await;
+    let client = &server.client;
+    let tokens = server.login("ana@example.com", None).await;
+
+    server.app.space.set_reserve(u64::MAX); // no file system has this much free
+    let refused = client.refresh(&tokens.refresh).await;
+    refused.assert_error(503, "unavailable");
+    assert!(refused.headers.contains_key("retry-after"));
+    let login_body = json!({ "email": "ana@example.com", "password": PASSWORD });
+    client
+        .post_json("/auth/login", &login_body)
+        .await
+        .assert_error(503, "unavailable");
+    client
+        .logout(&tokens.refresh, None)
+        .await
+        .assert_error(503, "unavailable");
+    assert_eq!(
+        client.profile(&tokens.access).await.status,
+        StatusCode::OK,
+        "reads keep working"
+    );
+    let health = client
+        .send(Method::GET, "/healthz", &[], Bytes::new())
+        .await;
+    assert_eq!(health.status, StatusCode::OK, "the database is readable");
+
+    server.app.space.set_reserve(1); // space is back
+    let refreshed = client.refresh(&tokens.refresh).await;
+    assert_eq!(
+        refreshed.status,
+        StatusCode::OK,
+        "the refused refresh changed nothing: {}",
+        refreshed.text
+    );
+    assert_eq!(
+        client.post_json("/auth/login", &login_body).await.status,
+        StatusCode::OK
+    );
+}
