@@ -86,6 +86,8 @@ pub enum StoreError {
     Locked(String),
     /// The backend failed (I/O, disk full, …).
     Backend(String),
+    /// The file could not be written or read; the open database is unusable.
+    Io(String),
     /// The data file system has less free space than the reserve.
     DiskFull { available: u64, reserve: u64 },
     /// A record could not be decoded.
@@ -103,6 +105,7 @@ impl fmt::Display for StoreError {
                  Stop that process and retry, or seed users at start with `latchkey serve --seed-user …`"
             ),
             StoreError::Backend(cause) => write!(f, "storage failure: {cause}"),
+            StoreError::Io(cause) => write!(f, "storage I/O failure: {cause}"),
             StoreError::DiskFull { available, reserve } => write!(
                 f,
                 "the data file system has {} MiB free, less than the reserve of {} MiB: writes are paused until space is freed",

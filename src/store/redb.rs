@@ -19,6 +19,7 @@
 use std::fs;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -92,6 +93,10 @@ where
 pub struct RedbStore {
     db: Arc<Database>,
     path: PathBuf,
+    /// Set when a commit failed with an I/O error: redb then refuses every
+    /// later write until the file is reopened, so the store reports itself
+    /// unhealthy (`/healthz` 503) and a supervisor can restart it.
+    io_failed: Arc<AtomicBool>,
     jobs: Option<mpsc::Sender<Box<dyn WriteJob>>>,
     writer: Option<JoinHandle<()>>,
 }
@@ -134,13 +139,16 @@ impl RedbStore {
         let db = Arc::new(db);
         let (jobs, queue) = mpsc::channel(QUEUE_DEPTH);
         let writer_db = Arc::clone(&db);
+        let io_failed = Arc::new(AtomicBool::new(false));
+        let writer_io_failed = Arc::clone(&io_failed);
         let writer = std::thread::Builder::new()
             .name("latchkey-writer".into())
-            .spawn(move || run_writer(&writer_db, &space, queue))
+            .spawn(move || run_writer(&writer_db, &space, &writer_io_failed, queue))
             .map_err(backend)?;
         Ok(RedbStore {
             db,
             path: path.to_path_buf(),
+            io_failed,
             jobs: Some(jobs),
             writer: Some(writer),
         })
@@ -255,7 +263,12 @@ impl Drop for RedbStore {
     }
 }
 
-fn run_writer(db: &Database, space: &SpaceGuard, mut queue: mpsc::Receiver<Box<dyn WriteJob>>) {
+fn run_writer(
+    db: &Database,
+    space: &SpaceGuard,
+    io_failed: &AtomicBool,
+    mut queue: mpsc::Receiver<Box<dyn WriteJob>>,
+) {
     let mut batch: Vec<Box<dyn WriteJob>> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = queue.blocking_recv() {
         batch.push(first);
@@ -268,6 +281,9 @@ fn run_writer(db: &Database, space: &SpaceGuard, mut queue: mpsc::Receiver<Box<d
         let committed = space.check().and_then(|()| commit_batch(db, &mut batch));
         if let Err(e) = &committed {
             tracing::error!(error = %e, operations = batch.len(), "write batch failed");
+            if matches!(e, StoreError::Io(_)) {
+                io_failed.store(true, Ordering::Release);
+            }
         }
         for job in batch.drain(..) {
             job.finish(&committed);
@@ -278,7 +294,10 @@ fn run_writer(db: &Database, space: &SpaceGuard, mut queue: mpsc::Receiver<Box<d
 /// Applies every job in one transaction and commits durably. Any failure
 /// aborts the whole transaction: nothing of the batch is kept or answered as done.
 fn commit_batch(db: &Database, batch: &mut [Box<dyn WriteJob>]) -> StoreResult<()> {
-    let mut txn = db.begin_write().map_err(backend)?;
+    let mut txn = db.begin_write().map_err(|e| match e {
+        redb::TransactionError::Storage(storage) => storage_error(storage),
+        other => backend(other),
+    })?;
     // Saves the allocator state with each commit, so opening after a crash
     // takes milliseconds instead of a walk over the whole file (measured: 2 s
     // for 1 M users and 5 M sessions). Group commit hides the extra cost.
@@ -290,7 +309,20 @@ fn commit_batch(db: &Database, batch: &mut [Box<dyn WriteJob>]) -> StoreResult<(
             Err(_) => return Err(StoreError::Backend("a write operation panicked".into())),
         }
     }
-    txn.commit().map_err(backend)
+    txn.commit().map_err(|e| match e {
+        redb::CommitError::Storage(storage) => storage_error(storage),
+        other => backend(other),
+    })
+}
+
+/// I/O failures are told apart: after one, redb refuses all later writes.
+fn storage_error(error: redb::StorageError) -> StoreError {
+    match error {
+        redb::StorageError::Io(_) | redb::StorageError::PreviousIo => {
+            StoreError::Io(error.to_string())
+        }
+        other => backend(other),
+    }
 }
 
 // ---- records -----------------------------------------------------------
@@ -685,6 +717,11 @@ impl Store for RedbStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
+        if self.io_failed.load(Ordering::Acquire) {
+            return Err(StoreError::Io(
+                "an earlier commit failed with an I/O error; restart the server".into(),
+            ));
+        }
         self.read(|txn| {
             txn.open_table(META)
                 .map_err(backend)?
