@@ -6,8 +6,8 @@
 //! each sees the effects of those before it, so "exactly one rotation" and
 //! reuse detection stay exact — commits once with `Durability::Immediate`,
 //! and only then answers them all. A lone request pays one commit; a crowd
-//! shares one. Reads run on the blocking pool in their own read transaction
-//! (a consistent snapshot) and never wait for the writer.
+//! shares one. Reads run in their own read transaction (a consistent snapshot)
+//! and never wait for the writer.
 //!
 //! Schema (typed table definitions below are the whole of it):
 //! - `users`: id → JSON record; `user_emails`: normalised email → id;
@@ -15,6 +15,13 @@
 //! - `user_sessions`: (user id, session id), for global logout and user removal;
 //! - `session_expiry`: (absolute end, session id), for the sweep;
 //! - `meta`: counters (the next user id; ids are never reused).
+//!
+//! Files: `writer.rs` (the queue and group commit), `records.rs` (record
+//! encodings and per-table helpers), `bulk.rs` (bulk loading for `bench --populate`).
+
+mod bulk;
+mod records;
+mod writer;
 
 use std::fs;
 use std::os::unix::fs::OpenOptionsExt;
@@ -28,14 +35,16 @@ use redb::{
     Database, DatabaseError, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
     WriteTransaction,
 };
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use super::space::SpaceGuard;
 use super::{LogoutScope, NewUser, RefreshOutcome, Store, StoreError, StoreResult, User};
-use crate::session::{
-    IssuedRefresh, Millis, Rotation, RotationPolicy, Session, SessionId, TokenId, UserId,
+use crate::session::{Millis, RotationPolicy, Session, SessionId, TokenId, UserId};
+use records::{
+    decode_session, decode_user, delete_session, encode_user, put_session, read_user,
+    sessions_of_user, write_txn_session, write_txn_user,
 };
+use writer::{run_writer, Pending, WriteJob};
 
 const USERS: TableDefinition<u64, &[u8]> = TableDefinition::new("users");
 const USER_EMAILS: TableDefinition<&str, u64> = TableDefinition::new("user_emails");
@@ -52,42 +61,6 @@ const QUEUE_DEPTH: usize = 8192;
 
 fn backend<E: std::fmt::Display>(err: E) -> StoreError {
     StoreError::Backend(err.to_string())
-}
-
-/// One queued write: applied inside the shared transaction, then told
-/// whether the commit succeeded.
-trait WriteJob: Send {
-    fn apply(&mut self, txn: &WriteTransaction) -> StoreResult<()>;
-    fn finish(self: Box<Self>, committed: &StoreResult<()>);
-}
-
-struct Pending<T, F> {
-    operation: Option<F>,
-    result: Option<T>,
-    reply: oneshot::Sender<StoreResult<T>>,
-}
-
-impl<T, F> WriteJob for Pending<T, F>
-where
-    T: Send,
-    F: FnOnce(&WriteTransaction) -> StoreResult<T> + Send,
-{
-    fn apply(&mut self, txn: &WriteTransaction) -> StoreResult<()> {
-        if let Some(operation) = self.operation.take() {
-            self.result = Some(operation(txn)?);
-        }
-        Ok(())
-    }
-
-    fn finish(self: Box<Self>, committed: &StoreResult<()>) {
-        let answer = match (committed, self.result) {
-            (Ok(()), Some(value)) => Ok(value),
-            (Err(e), _) => Err(StoreError::Backend(e.to_string())),
-            (Ok(()), None) => Err(StoreError::Backend("the operation was not applied".into())),
-        };
-        // The requester may have gone away (client disconnected); that is fine.
-        let _ = self.reply.send(answer);
-    }
 }
 
 pub struct RedbStore {
@@ -189,69 +162,6 @@ impl RedbStore {
     }
 }
 
-/// Bulk loading for `latchkey bench --populate` (not part of [`Store`]: an
-/// admin path that only this backend needs). Each call is one durable
-/// transaction that opens its tables once.
-impl RedbStore {
-    /// Creates users whose emails are known to be free; returns their ids.
-    pub async fn bulk_create_users(&self, users: Vec<NewUser>) -> StoreResult<Vec<UserId>> {
-        self.write(move |txn| {
-            let mut meta = txn.open_table(META).map_err(backend)?;
-            let mut emails = txn.open_table(USER_EMAILS).map_err(backend)?;
-            let mut table = txn.open_table(USERS).map_err(backend)?;
-            let mut next = meta
-                .get(NEXT_USER_ID)
-                .map_err(backend)?
-                .map_or(1, |v| v.value());
-            let mut ids = Vec::with_capacity(users.len());
-            for new in users {
-                let user = User {
-                    id: next,
-                    email: new.email,
-                    name: new.name,
-                    role_id: new.role_id,
-                    password_hash: new.password_hash,
-                    created_at: new.created_at,
-                };
-                emails.insert(user.email.as_str(), next).map_err(backend)?;
-                table
-                    .insert(next, encode_user(&user).as_slice())
-                    .map_err(backend)?;
-                ids.push(next);
-                next += 1;
-            }
-            meta.insert(NEXT_USER_ID, next).map_err(backend)?;
-            Ok(ids)
-        })
-        .await
-    }
-
-    /// Inserts sessions (with their index entries).
-    pub async fn bulk_create_sessions(
-        &self,
-        sessions: Vec<(SessionId, Session)>,
-    ) -> StoreResult<()> {
-        self.write(move |txn| {
-            let mut table = txn.open_table(SESSIONS).map_err(backend)?;
-            let mut by_user = txn.open_table(USER_SESSIONS).map_err(backend)?;
-            let mut by_expiry = txn.open_table(SESSION_EXPIRY).map_err(backend)?;
-            for (id, session) in sessions {
-                table
-                    .insert(id.0, encode_session(&session).as_slice())
-                    .map_err(backend)?;
-                by_user
-                    .insert((session.user_id, id.0), ())
-                    .map_err(backend)?;
-                by_expiry
-                    .insert((session.expires_at, id.0), ())
-                    .map_err(backend)?;
-            }
-            Ok(())
-        })
-        .await
-    }
-}
-
 impl Drop for RedbStore {
     /// Closing the queue lets the writer finish what is queued and exit; the
     /// file is released when the last handle goes.
@@ -261,228 +171,6 @@ impl Drop for RedbStore {
             let _ = writer.join();
         }
     }
-}
-
-fn run_writer(
-    db: &Database,
-    space: &SpaceGuard,
-    io_failed: &AtomicBool,
-    mut queue: mpsc::Receiver<Box<dyn WriteJob>>,
-) {
-    let mut batch: Vec<Box<dyn WriteJob>> = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = queue.blocking_recv() {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        let committed = space.check().and_then(|()| commit_batch(db, &mut batch));
-        if let Err(e) = &committed {
-            tracing::error!(error = %e, operations = batch.len(), "write batch failed");
-            if matches!(e, StoreError::Io(_)) {
-                io_failed.store(true, Ordering::Release);
-            }
-        }
-        for job in batch.drain(..) {
-            job.finish(&committed);
-        }
-    }
-}
-
-/// Applies every job in one transaction and commits durably. Any failure
-/// aborts the whole transaction: nothing of the batch is kept or answered as done.
-fn commit_batch(db: &Database, batch: &mut [Box<dyn WriteJob>]) -> StoreResult<()> {
-    let mut txn = db.begin_write().map_err(|e| match e {
-        redb::TransactionError::Storage(storage) => storage_error(storage),
-        other => backend(other),
-    })?;
-    // Saves the allocator state with each commit, so opening after a crash
-    // takes milliseconds instead of a walk over the whole file (measured: 2 s
-    // for 1 M users and 5 M sessions). Group commit hides the extra cost.
-    txn.set_quick_repair(true);
-    for job in batch.iter_mut() {
-        // A bug in one operation fails its batch (the callers get 503), not the writer thread.
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.apply(&txn))) {
-            Ok(applied) => applied?,
-            Err(_) => return Err(StoreError::Backend("a write operation panicked".into())),
-        }
-    }
-    txn.commit().map_err(|e| match e {
-        redb::CommitError::Storage(storage) => storage_error(storage),
-        other => backend(other),
-    })
-}
-
-/// I/O failures are told apart: after one, redb refuses all later writes.
-fn storage_error(error: redb::StorageError) -> StoreError {
-    match error {
-        redb::StorageError::Io(_) | redb::StorageError::PreviousIo => {
-            StoreError::Io(error.to_string())
-        }
-        other => backend(other),
-    }
-}
-
-// ---- records -----------------------------------------------------------
-
-#[derive(Serialize, Deserialize)]
-struct StoredUser {
-    email: String,
-    name: String,
-    role_id: i64,
-    password_hash: String,
-    created_at: Millis,
-}
-
-fn encode_user(user: &User) -> Vec<u8> {
-    let stored = StoredUser {
-        email: user.email.clone(),
-        name: user.name.clone(),
-        role_id: user.role_id,
-        password_hash: user.password_hash.clone(),
-        created_at: user.created_at,
-    };
-    serde_json::to_vec(&stored).expect("a user record always serialises")
-}
-
-fn decode_user(id: UserId, bytes: &[u8]) -> StoreResult<User> {
-    let stored: StoredUser = serde_json::from_slice(bytes)
-        .map_err(|e| StoreError::Corrupt(format!("user {id}: {e}")))?;
-    Ok(User {
-        id,
-        email: stored.email,
-        name: stored.name,
-        role_id: stored.role_id,
-        password_hash: stored.password_hash,
-        created_at: stored.created_at,
-    })
-}
-
-const SESSION_RECORD_V1: u8 = 1;
-const SESSION_RECORD_LEN: usize = 91;
-
-fn encode_session(s: &Session) -> [u8; SESSION_RECORD_LEN] {
-    let mut out = [0u8; SESSION_RECORD_LEN];
-    let mut at = 0;
-    let mut put = |bytes: &[u8]| {
-        out[at..at + bytes.len()].copy_from_slice(bytes);
-        at += bytes.len();
-    };
-    put(&[SESSION_RECORD_V1]);
-    put(&s.user_id.to_le_bytes());
-    put(&s.created_at.to_le_bytes());
-    put(&s.expires_at.to_le_bytes());
-    put(&s.current.jti.0.to_le_bytes());
-    put(&s.current.issued_at.to_le_bytes());
-    put(&s.current.expires_at.to_le_bytes());
-    let previous = s.previous.unwrap_or(Rotation {
-        jti: TokenId(0),
-        rotated_at: 0,
-    });
-    put(&[u8::from(s.previous.is_some())]);
-    put(&previous.jti.0.to_le_bytes());
-    put(&previous.rotated_at.to_le_bytes());
-    put(&[u8::from(s.revoked)]);
-    out
-}
-
-fn decode_session(id: u128, bytes: &[u8]) -> StoreResult<Session> {
-    let corrupt = || StoreError::Corrupt(format!("session {id:032x}"));
-    if bytes.len() != SESSION_RECORD_LEN || bytes[0] != SESSION_RECORD_V1 {
-        return Err(corrupt());
-    }
-    let mut at = 1;
-    let mut take = |n: usize| {
-        let slice = &bytes[at..at + n];
-        at += n;
-        slice
-    };
-    let u64_at = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes"));
-    let u128_at = |b: &[u8]| u128::from_le_bytes(b.try_into().expect("16 bytes"));
-    let user_id = u64_at(take(8));
-    let created_at = u64_at(take(8));
-    let expires_at = u64_at(take(8));
-    let current = IssuedRefresh {
-        jti: TokenId(u128_at(take(16))),
-        issued_at: u64_at(take(8)),
-        expires_at: u64_at(take(8)),
-    };
-    let has_previous = take(1)[0] == 1;
-    let previous = Rotation {
-        jti: TokenId(u128_at(take(16))),
-        rotated_at: u64_at(take(8)),
-    };
-    let revoked = take(1)[0] == 1;
-    Ok(Session {
-        user_id,
-        created_at,
-        expires_at,
-        current,
-        previous: has_previous.then_some(previous),
-        revoked,
-    })
-}
-
-// ---- transaction helpers ----------------------------------------------
-
-fn read_user(txn: &ReadTransaction, id: UserId) -> StoreResult<Option<User>> {
-    let users = txn.open_table(USERS).map_err(backend)?;
-    let found = users.get(id).map_err(backend)?;
-    found
-        .map(|bytes| decode_user(id, bytes.value()))
-        .transpose()
-}
-
-fn write_txn_user(txn: &WriteTransaction, id: UserId) -> StoreResult<Option<User>> {
-    let users = txn.open_table(USERS).map_err(backend)?;
-    let found = users.get(id).map_err(backend)?;
-    found
-        .map(|bytes| decode_user(id, bytes.value()))
-        .transpose()
-}
-
-fn write_txn_session(txn: &WriteTransaction, id: SessionId) -> StoreResult<Option<Session>> {
-    let sessions = txn.open_table(SESSIONS).map_err(backend)?;
-    let found = sessions.get(id.0).map_err(backend)?;
-    found
-        .map(|bytes| decode_session(id.0, bytes.value()))
-        .transpose()
-}
-
-fn put_session(txn: &WriteTransaction, id: SessionId, session: &Session) -> StoreResult<()> {
-    let mut sessions = txn.open_table(SESSIONS).map_err(backend)?;
-    sessions
-        .insert(id.0, encode_session(session).as_slice())
-        .map_err(backend)?;
-    Ok(())
-}
-
-fn delete_session(txn: &WriteTransaction, id: u128, session: &Session) -> StoreResult<()> {
-    txn.open_table(SESSIONS)
-        .map_err(backend)?
-        .remove(id)
-        .map_err(backend)?;
-    txn.open_table(USER_SESSIONS)
-        .map_err(backend)?
-        .remove((session.user_id, id))
-        .map_err(backend)?;
-    txn.open_table(SESSION_EXPIRY)
-        .map_err(backend)?
-        .remove((session.expires_at, id))
-        .map_err(backend)?;
-    Ok(())
-}
-
-fn sessions_of_user(txn: &WriteTransaction, user_id: UserId) -> StoreResult<Vec<u128>> {
-    let index = txn.open_table(USER_SESSIONS).map_err(backend)?;
-    let range = index
-        .range((user_id, 0u128)..=(user_id, u128::MAX))
-        .map_err(backend)?;
-    range
-        .map(|entry| entry.map(|(key, _)| key.value().1).map_err(backend))
-        .collect()
 }
 
 #[async_trait]
@@ -730,37 +418,5 @@ impl Store for RedbStore {
             Ok(())
         })
         .await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn session_records_round_trip() {
-        let mut session = Session::start(
-            9,
-            1_000,
-            Duration::from_secs(60),
-            Duration::from_secs(30),
-            TokenId(5),
-        );
-        assert_eq!(
-            decode_session(1, &encode_session(&session)).unwrap(),
-            session
-        );
-        let policy = RotationPolicy {
-            refresh_ttl: Duration::from_secs(30),
-            reuse_grace: Duration::from_secs(1),
-        };
-        session.refresh(TokenId(5), 2_000, policy, TokenId(u128::MAX));
-        session.revoked = true;
-        assert_eq!(
-            decode_session(1, &encode_session(&session)).unwrap(),
-            session
-        );
-        assert!(decode_session(1, &[1, 2, 3]).is_err());
     }
 }

@@ -1,0 +1,209 @@
+//! How records are stored: user and session encodings, and helpers that
+//! read and write them inside a transaction.
+
+use redb::{ReadTransaction, ReadableTable, WriteTransaction};
+use serde::{Deserialize, Serialize};
+
+use super::{backend, SESSIONS, SESSION_EXPIRY, USERS, USER_SESSIONS};
+use crate::session::{IssuedRefresh, Millis, Rotation, Session, SessionId, TokenId, UserId};
+use crate::store::{StoreError, StoreResult, User};
+
+#[derive(Serialize, Deserialize)]
+struct StoredUser {
+    email: String,
+    name: String,
+    role_id: i64,
+    password_hash: String,
+    created_at: Millis,
+}
+
+pub(super) fn encode_user(user: &User) -> Vec<u8> {
+    let stored = StoredUser {
+        email: user.email.clone(),
+        name: user.name.clone(),
+        role_id: user.role_id,
+        password_hash: user.password_hash.clone(),
+        created_at: user.created_at,
+    };
+    serde_json::to_vec(&stored).expect("a user record always serialises")
+}
+
+pub(super) fn decode_user(id: UserId, bytes: &[u8]) -> StoreResult<User> {
+    let stored: StoredUser = serde_json::from_slice(bytes)
+        .map_err(|e| StoreError::Corrupt(format!("user {id}: {e}")))?;
+    Ok(User {
+        id,
+        email: stored.email,
+        name: stored.name,
+        role_id: stored.role_id,
+        password_hash: stored.password_hash,
+        created_at: stored.created_at,
+    })
+}
+
+const SESSION_RECORD_V1: u8 = 1;
+const SESSION_RECORD_LEN: usize = 91;
+
+pub(super) fn encode_session(s: &Session) -> [u8; SESSION_RECORD_LEN] {
+    let mut out = [0u8; SESSION_RECORD_LEN];
+    let mut at = 0;
+    let mut put = |bytes: &[u8]| {
+        out[at..at + bytes.len()].copy_from_slice(bytes);
+        at += bytes.len();
+    };
+    put(&[SESSION_RECORD_V1]);
+    put(&s.user_id.to_le_bytes());
+    put(&s.created_at.to_le_bytes());
+    put(&s.expires_at.to_le_bytes());
+    put(&s.current.jti.0.to_le_bytes());
+    put(&s.current.issued_at.to_le_bytes());
+    put(&s.current.expires_at.to_le_bytes());
+    let previous = s.previous.unwrap_or(Rotation {
+        jti: TokenId(0),
+        rotated_at: 0,
+    });
+    put(&[u8::from(s.previous.is_some())]);
+    put(&previous.jti.0.to_le_bytes());
+    put(&previous.rotated_at.to_le_bytes());
+    put(&[u8::from(s.revoked)]);
+    out
+}
+
+pub(super) fn decode_session(id: u128, bytes: &[u8]) -> StoreResult<Session> {
+    let corrupt = || StoreError::Corrupt(format!("session {id:032x}"));
+    if bytes.len() != SESSION_RECORD_LEN || bytes[0] != SESSION_RECORD_V1 {
+        return Err(corrupt());
+    }
+    let mut at = 1;
+    let mut take = |n: usize| {
+        let slice = &bytes[at..at + n];
+        at += n;
+        slice
+    };
+    let u64_at = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes"));
+    let u128_at = |b: &[u8]| u128::from_le_bytes(b.try_into().expect("16 bytes"));
+    let user_id = u64_at(take(8));
+    let created_at = u64_at(take(8));
+    let expires_at = u64_at(take(8));
+    let current = IssuedRefresh {
+        jti: TokenId(u128_at(take(16))),
+        issued_at: u64_at(take(8)),
+        expires_at: u64_at(take(8)),
+    };
+    let has_previous = take(1)[0] == 1;
+    let previous = Rotation {
+        jti: TokenId(u128_at(take(16))),
+        rotated_at: u64_at(take(8)),
+    };
+    let revoked = take(1)[0] == 1;
+    Ok(Session {
+        user_id,
+        created_at,
+        expires_at,
+        current,
+        previous: has_previous.then_some(previous),
+        revoked,
+    })
+}
+
+pub(super) fn read_user(txn: &ReadTransaction, id: UserId) -> StoreResult<Option<User>> {
+    let users = txn.open_table(USERS).map_err(backend)?;
+    let found = users.get(id).map_err(backend)?;
+    found
+        .map(|bytes| decode_user(id, bytes.value()))
+        .transpose()
+}
+
+pub(super) fn write_txn_user(txn: &WriteTransaction, id: UserId) -> StoreResult<Option<User>> {
+    let users = txn.open_table(USERS).map_err(backend)?;
+    let found = users.get(id).map_err(backend)?;
+    found
+        .map(|bytes| decode_user(id, bytes.value()))
+        .transpose()
+}
+
+pub(super) fn write_txn_session(
+    txn: &WriteTransaction,
+    id: SessionId,
+) -> StoreResult<Option<Session>> {
+    let sessions = txn.open_table(SESSIONS).map_err(backend)?;
+    let found = sessions.get(id.0).map_err(backend)?;
+    found
+        .map(|bytes| decode_session(id.0, bytes.value()))
+        .transpose()
+}
+
+pub(super) fn put_session(
+    txn: &WriteTransaction,
+    id: SessionId,
+    session: &Session,
+) -> StoreResult<()> {
+    let mut sessions = txn.open_table(SESSIONS).map_err(backend)?;
+    sessions
+        .insert(id.0, encode_session(session).as_slice())
+        .map_err(backend)?;
+    Ok(())
+}
+
+pub(super) fn delete_session(
+    txn: &WriteTransaction,
+    id: u128,
+    session: &Session,
+) -> StoreResult<()> {
+    txn.open_table(SESSIONS)
+        .map_err(backend)?
+        .remove(id)
+        .map_err(backend)?;
+    txn.open_table(USER_SESSIONS)
+        .map_err(backend)?
+        .remove((session.user_id, id))
+        .map_err(backend)?;
+    txn.open_table(SESSION_EXPIRY)
+        .map_err(backend)?
+        .remove((session.expires_at, id))
+        .map_err(backend)?;
+    Ok(())
+}
+
+pub(super) fn sessions_of_user(txn: &WriteTransaction, user_id: UserId) -> StoreResult<Vec<u128>> {
+    let index = txn.open_table(USER_SESSIONS).map_err(backend)?;
+    let range = index
+        .range((user_id, 0u128)..=(user_id, u128::MAX))
+        .map_err(backend)?;
+    range
+        .map(|entry| entry.map(|(key, _)| key.value().1).map_err(backend))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::RotationPolicy;
+    use std::time::Duration;
+
+    #[test]
+    fn session_records_round_trip() {
+        let mut session = Session::start(
+            9,
+            1_000,
+            Duration::from_secs(60),
+            Duration::from_secs(30),
+            TokenId(5),
+        );
+        assert_eq!(
+            decode_session(1, &encode_session(&session)).unwrap(),
+            session
+        );
+        let policy = RotationPolicy {
+            refresh_ttl: Duration::from_secs(30),
+            reuse_grace: Duration::from_secs(1),
+        };
+        session.refresh(TokenId(5), 2_000, policy, TokenId(u128::MAX));
+        session.revoked = true;
+        assert_eq!(
+            decode_session(1, &encode_session(&session)).unwrap(),
+            session
+        );
+        assert!(decode_session(1, &[1, 2, 3]).is_err());
+    }
+}
