@@ -264,7 +264,8 @@ async fn hostile_inputs_get_4xx_never_5xx() {
     let server = TestServer::start().await;
     let client = &server.client;
     let json_headers = [("content-type", "application/json")];
-    let deep = format!("{}{}", "[".repeat(50_000), "]".repeat(50_000));
+    // Deep nesting within the size limit (serde_json stops at depth 128).
+    let deep = format!("{}{}", "[".repeat(8_000), "]".repeat(8_000));
     let long_token = format!("{{\"refreshToken\":\"{}\"}}", "a".repeat(9000));
     let bodies: Vec<Vec<u8>> = vec![
         b"{\"email\":\"\xff\xfe\",\"password\":\"x\"}".to_vec(),
