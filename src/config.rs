@@ -508,7 +508,17 @@ pub fn ensure_data_folder(data: &Path) -> Result<(), ConfigError> {
     let Some(folder) = data.parent().filter(|p| !p.as_os_str().is_empty()) else {
         return Ok(());
     };
-    if folder.exists() {
+    if let Ok(metadata) = fs::metadata(folder) {
+        let mode = metadata.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            // Not changed behind the operator's back (a backup user may need
+            // it); the files inside are 0600 either way.
+            tracing::warn!(
+                folder = %folder.display(),
+                mode = format!("{mode:o}"),
+                "the data folder is accessible to other users; consider `chmod 700` on it"
+            );
+        }
         return Ok(());
     }
     fs::DirBuilder::new()

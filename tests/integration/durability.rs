@@ -10,7 +10,8 @@ const NO_GRACE: [&str; 2] = ["--reuse-grace", "0"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_survive_a_restart_with_the_generated_secret() {
-    let (_dir, data) = data_dir();
+    let (_dir, parent) = data_dir();
+    let data = parent.join("fresh-folder");
     let seed = format!("ana@example.com:2:Ana:{PASSWORD}");
     let mut args = vec!["--seed-user", seed.as_str()];
     args.extend(NO_GRACE);
@@ -19,6 +20,13 @@ async fn tokens_survive_a_restart_with_the_generated_secret() {
     let second = Tokens::from_body(&server.client.refresh(&first.refresh).await.body);
     assert_eq!(server.terminate().code(), Some(0), "clean exit on SIGTERM");
 
+    let folder_mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&data).unwrap().permissions());
+    assert_eq!(
+        folder_mode & 0o777,
+        0o700,
+        "a data folder latchkey creates is private"
+    );
     let secret = data.join("latchkey.secret");
     let mode =
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&secret).unwrap().permissions());

@@ -252,6 +252,11 @@ async fn a_thousand_half_open_connections_do_not_lock_out_a_login() {
     let fresh = HttpClient::new(server.client.base());
     let tokens = login(&fresh, "ana@example.com", Some("web")).await;
     assert_eq!(fresh.refresh(&tokens.refresh).await.status, StatusCode::OK);
+    eprintln!(
+        "slowloris: {} half-open connections; a new client logged in and refreshed in {:?}",
+        slowloris.len(),
+        started.elapsed()
+    );
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "served at once, not after the header timeout"
@@ -315,6 +320,10 @@ async fn hostile_inputs_get_4xx_never_5xx() {
             .await;
         assert_eq!(response.status, StatusCode::UNAUTHORIZED, "{bearer:?}");
     }
+    eprintln!(
+        "hostile inputs: {} requests, answers by status {statuses:?}",
+        bodies.len() * 3
+    );
     assert!(
         statuses.keys().all(|s| (400..500).contains(s)),
         "{statuses:?}"
