@@ -10,7 +10,7 @@ use crate::config::ServeConfig;
 use crate::error::Error;
 use crate::passwords::{Password, Passwords};
 use crate::session::Millis;
-use crate::store::redb::RedbStore;
+use crate::store::redb::{RedbStore, StorageFaults};
 use crate::store::space::SpaceGuard;
 use crate::store::Store;
 use crate::tokens::TokenKeys;
@@ -23,6 +23,8 @@ pub struct App {
     pub config: ServeConfig,
     /// The free-space guard of the data file system.
     pub space: Arc<SpaceGuard>,
+    /// Storage fault injection (tests make writes fail with it).
+    pub storage_faults: Arc<StorageFaults>,
 }
 
 /// Wall-clock time in milliseconds since the Unix epoch.
@@ -41,9 +43,12 @@ impl App {
         let (path, cache_bytes) = (config.data.clone(), config.cache_bytes);
         let space = Arc::new(SpaceGuard::new(&config.data, config.min_free_bytes));
         let store_space = Arc::clone(&space);
-        let store =
-            tokio::task::spawn_blocking(move || RedbStore::open(&path, cache_bytes, store_space))
-                .await??;
+        let faults = Arc::new(StorageFaults::default());
+        let store_faults = Arc::clone(&faults);
+        let store = tokio::task::spawn_blocking(move || {
+            RedbStore::open(&path, cache_bytes, store_space, store_faults)
+        })
+        .await??;
         let store: Arc<dyn Store> = Arc::new(store);
         let passwords = Passwords::new(config.argon2, config.hash_workers, config.hash_queue)?;
         let throttle = config.throttle.map(crate::throttle::Throttle::new);
@@ -77,6 +82,7 @@ impl App {
             auth,
             config,
             space,
+            storage_faults: faults,
         }))
     }
 

@@ -97,7 +97,10 @@ async fn open_store(common: &CommonArgs) -> Result<RedbStore, BoxError> {
         &common.data,
         common.min_free_mb.saturating_mul(1024 * 1024),
     ));
-    Ok(tokio::task::spawn_blocking(move || RedbStore::open(&path, cache_bytes, space)).await??)
+    Ok(tokio::task::spawn_blocking(move || {
+        RedbStore::open(&path, cache_bytes, space, Arc::default())
+    })
+    .await??)
 }
 
 async fn user_command(common: &CommonArgs, command: UserCommand) -> Result<(), BoxError> {

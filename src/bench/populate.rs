@@ -45,7 +45,9 @@ pub async fn populate(common: &CommonArgs, args: &BenchArgs) -> Result<(), BoxEr
         &common.data,
         common.min_free_mb.saturating_mul(1024 * 1024),
     ));
-    let store = tokio::task::spawn_blocking(move || RedbStore::open(&path, cache, space)).await??;
+    let store =
+        tokio::task::spawn_blocking(move || RedbStore::open(&path, cache, space, Arc::default()))
+            .await??;
     let passwords = Passwords::new(Argon2Costs::from_args(common)?, 1, 1)?;
     let password_hash = passwords.hash(Password::new(args.password.clone())).await?;
 

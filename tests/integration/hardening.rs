@@ -416,3 +416,85 @@ async fn a_full_disk_pauses_writes_and_recovers_by_itself() {
         StatusCode::OK
     );
 }
+
+/// Writes that fail at the file (a read-only or failing disk, injected
+/// below redb): 503, nothing is lost, and the store reopens the file by
+/// itself once the disk accepts writes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_writes_answer_503_then_recover_by_themselves() {
+    let data = tempfile::tempdir().unwrap();
+    let path = data.path().join("latchkey.redb");
+    let server = TestServer::start_with(|c| c.data = path.clone()).await;
+    let client = &server.client;
+    let before = server.login("ana@example.com", None).await;
+    let rotated = Tokens::from_body(&client.refresh(&before.refresh).await.body);
+
+    server.app.storage_faults.set_fail_writes(true);
+    client
+        .refresh(&rotated.refresh)
+        .await
+        .assert_error(503, "unavailable");
+    let login_body = json!({ "email": "mo@example.com", "password": PASSWORD });
+    for _ in 0..3 {
+        client
+            .post_json("/auth/login", &login_body)
+            .await
+            .assert_error(503, "unavailable");
+    }
+    // redb answers nothing from a handle that saw an I/O error, and the file
+    // cannot be reopened until it accepts writes: reads answer 503 too (never
+    // 500, never a wrong 401), and /healthz says the store is down.
+    for _ in 0..5 {
+        let response = client.profile(&rotated.access).await;
+        assert!(
+            matches!(response.status.as_u16(), 200 | 503),
+            "{}",
+            response.text
+        );
+    }
+    let health = client
+        .send(Method::GET, "/healthz", &[], Bytes::new())
+        .await;
+    assert_eq!(health.status, StatusCode::SERVICE_UNAVAILABLE);
+    // Past the writer's first reopen attempt (2 s): it retries at later writes.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    client
+        .refresh(&rotated.refresh)
+        .await
+        .assert_error(503, "unavailable");
+
+    server.app.storage_faults.set_fail_writes(false);
+    let started = Instant::now();
+    let recovered = loop {
+        let response = client.refresh(&rotated.refresh).await;
+        if response.status == StatusCode::OK || started.elapsed() > Duration::from_secs(10) {
+            break response;
+        }
+        response.assert_error(503, "unavailable");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        recovered.status,
+        StatusCode::OK,
+        "writes resumed: {}",
+        recovered.text
+    );
+    // The failed attempts changed nothing: the old token is still rotated.
+    client
+        .refresh(&before.refresh)
+        .await
+        .assert_error(401, "token_reused");
+    let latest = Tokens::from_body(&recovered.body);
+    let app = std::sync::Arc::clone(&server.app);
+    server.shutdown().await;
+    drop(app);
+
+    // And the file opens cleanly with everything in it.
+    let server = TestServer::start_with(|c| c.data = path.clone()).await;
+    server
+        .client
+        .refresh(&latest.refresh)
+        .await
+        .assert_error(401, "session_revoked");
+    server.login("mo@example.com", None).await;
+}

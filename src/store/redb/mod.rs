@@ -16,18 +16,19 @@
 //! - `session_expiry`: (absolute end, session id), for the sweep;
 //! - `meta`: counters (the next user id; ids are never reused).
 //!
-//! Files: `writer.rs` (the queue and group commit), `records.rs` (record
-//! encodings and per-table helpers), `bulk.rs` (bulk loading for `bench --populate`).
+//! Files: `writer.rs` (the queue, group commit, reopening after I/O errors),
+//! `records.rs` (record encodings and per-table helpers), `file.rs` (opening
+//! the file; fault injection), `bulk.rs` (bulk loading for `bench --populate`).
 
 mod bulk;
+mod file;
 mod records;
 mod writer;
 
-use std::fs;
-use std::os::unix::fs::OpenOptionsExt;
+pub use file::StorageFaults;
+
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 
 use async_trait::async_trait;
@@ -40,6 +41,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::space::SpaceGuard;
 use super::{LogoutScope, NewUser, RefreshOutcome, Store, StoreError, StoreResult, User};
 use crate::session::{Millis, RotationPolicy, Session, SessionId, TokenId, UserId};
+use file::Opener;
 use records::{
     decode_session, decode_user, delete_session, encode_user, put_session, read_user,
     sessions_of_user, write_txn_session, write_txn_user,
@@ -63,13 +65,15 @@ fn backend<E: std::fmt::Display>(err: E) -> StoreError {
     StoreError::Backend(err.to_string())
 }
 
+/// Shared by the readers and the writer; only the writer replaces it.
+///
+/// `None` while the writer reopens the file after an I/O error; redb refuses
+/// every operation on a handle that saw one, so the handle is replaced.
+pub(super) type Slot = RwLock<Option<Arc<Database>>>;
+
 pub struct RedbStore {
-    db: Arc<Database>,
+    slot: Arc<Slot>,
     path: PathBuf,
-    /// Set when a commit failed with an I/O error: redb then refuses every
-    /// later write until the file is reopened, so the store reports itself
-    /// unhealthy (`/healthz` 503) and a supervisor can restart it.
-    io_failed: Arc<AtomicBool>,
     jobs: Option<mpsc::Sender<Box<dyn WriteJob>>>,
     writer: Option<JoinHandle<()>>,
 }
@@ -77,27 +81,22 @@ pub struct RedbStore {
 impl RedbStore {
     /// Opens (or creates, mode 0600) the database at `path` with a page cache
     /// of `cache_bytes`, and starts its writer, which asks `space` before
-    /// every commit.
-    pub fn open(path: &Path, cache_bytes: usize, space: Arc<SpaceGuard>) -> StoreResult<Self> {
-        if !path.exists() {
-            fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .map_err(|e| {
-                    StoreError::Backend(format!("cannot create {}: {e}", path.display()))
-                })?;
-        }
-        let db = Database::builder()
-            .set_cache_size(cache_bytes)
-            .create(path)
-            .map_err(|e| match e {
-                DatabaseError::DatabaseAlreadyOpen => {
-                    StoreError::Locked(path.display().to_string())
-                }
-                other => StoreError::Backend(format!("cannot open {}: {other}", path.display())),
-            })?;
+    /// every commit. `faults` can make writes fail (tests).
+    pub fn open(
+        path: &Path,
+        cache_bytes: usize,
+        space: Arc<SpaceGuard>,
+        faults: Arc<StorageFaults>,
+    ) -> StoreResult<Self> {
+        let opener = Opener {
+            path: path.to_path_buf(),
+            cache_bytes,
+            faults,
+        };
+        let db = opener.writable().map_err(|e| match e {
+            DatabaseError::DatabaseAlreadyOpen => StoreError::Locked(path.display().to_string()),
+            other => StoreError::Backend(format!("cannot open {}: {other}", path.display())),
+        })?;
         let txn = db.begin_write().map_err(backend)?;
         {
             txn.open_table(USERS).map_err(backend)?;
@@ -109,19 +108,16 @@ impl RedbStore {
         }
         txn.commit().map_err(backend)?;
 
-        let db = Arc::new(db);
+        let slot = Arc::new(RwLock::new(Some(Arc::new(db))));
         let (jobs, queue) = mpsc::channel(QUEUE_DEPTH);
-        let writer_db = Arc::clone(&db);
-        let io_failed = Arc::new(AtomicBool::new(false));
-        let writer_io_failed = Arc::clone(&io_failed);
+        let writer_slot = Arc::clone(&slot);
         let writer = std::thread::Builder::new()
             .name("latchkey-writer".into())
-            .spawn(move || run_writer(&writer_db, &space, &writer_io_failed, queue))
+            .spawn(move || run_writer(&writer_slot, &opener, &space, queue))
             .map_err(backend)?;
         Ok(RedbStore {
-            db,
+            slot,
             path: path.to_path_buf(),
-            io_failed,
             jobs: Some(jobs),
             writer: Some(writer),
         })
@@ -129,6 +125,16 @@ impl RedbStore {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// A read snapshot of the current database handle.
+    fn snapshot(slot: &Slot) -> StoreResult<ReadTransaction> {
+        let handle = slot
+            .read()
+            .map_err(|_| StoreError::Backend("handle lock poisoned".into()))?
+            .clone();
+        let db = handle.ok_or_else(|| StoreError::Io("the database is being reopened".into()))?;
+        db.begin_read().map_err(backend)
     }
 
     async fn write<T, F>(&self, operation: F) -> StoreResult<T>
@@ -152,13 +158,10 @@ impl RedbStore {
         T: Send + 'static,
         F: FnOnce(&ReadTransaction) -> StoreResult<T> + Send + 'static,
     {
-        let db = Arc::clone(&self.db);
-        tokio::task::spawn_blocking(move || {
-            let txn = db.begin_read().map_err(backend)?;
-            operation(&txn)
-        })
-        .await
-        .map_err(|e| StoreError::Backend(format!("read task failed: {e}")))?
+        let slot = Arc::clone(&self.slot);
+        tokio::task::spawn_blocking(move || operation(&Self::snapshot(&slot)?))
+            .await
+            .map_err(|e| StoreError::Backend(format!("read task failed: {e}")))?
     }
 }
 
@@ -307,7 +310,7 @@ impl Store for RedbStore {
         // read snapshot takes ~1-2 µs from redb's cache, several times less
         // than a hop to the blocking pool, and this is the hot path of every
         // access-token check. A read never waits for the writer.
-        let txn = self.db.begin_read().map_err(backend)?;
+        let txn = Self::snapshot(&self.slot)?;
         let sessions = txn.open_table(SESSIONS).map_err(backend)?;
         let found = sessions.get(id.0).map_err(backend)?;
         found
@@ -405,11 +408,6 @@ impl Store for RedbStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        if self.io_failed.load(Ordering::Acquire) {
-            return Err(StoreError::Io(
-                "an earlier commit failed with an I/O error; restart the server".into(),
-            ));
-        }
         self.read(|txn| {
             txn.open_table(META)
                 .map_err(backend)?

@@ -1,12 +1,14 @@
 //! The writer thread: drains the queue of write operations and applies each
 //! batch in one durable transaction (group commit).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use redb::{Database, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{backend, MAX_BATCH};
+use super::file::Opener;
+use super::{backend, Slot, MAX_BATCH};
 use crate::store::space::SpaceGuard;
 use crate::store::{StoreError, StoreResult};
 
@@ -46,13 +48,19 @@ where
     }
 }
 
+/// How often the writer tries to reopen the file while writes fail.
+const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a reopen waits for read snapshots of the old handle to end.
+const REOPEN_WAIT: Duration = Duration::from_secs(2);
+
 pub(super) fn run_writer(
-    db: &Database,
+    slot: &Slot,
+    opener: &Opener,
     space: &SpaceGuard,
-    io_failed: &AtomicBool,
     mut queue: mpsc::Receiver<Box<dyn WriteJob>>,
 ) {
     let mut batch: Vec<Box<dyn WriteJob>> = Vec::with_capacity(MAX_BATCH);
+    let mut last_reopen: Option<Instant> = None;
     while let Some(first) = queue.blocking_recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -61,16 +69,58 @@ pub(super) fn run_writer(
                 Err(_) => break,
             }
         }
-        let committed = space.check().and_then(|()| commit_batch(db, &mut batch));
+        let committed = space.check().and_then(|()| {
+            let handle = slot.read().ok().and_then(|guard| guard.clone());
+            match handle {
+                Some(db) => commit_batch(&db, &mut batch),
+                None => Err(StoreError::Io(
+                    "the database could not be reopened yet".into(),
+                )),
+            }
+        });
         if let Err(e) = &committed {
             tracing::error!(error = %e, operations = batch.len(), "write batch failed");
-            if matches!(e, StoreError::Io(_)) {
-                io_failed.store(true, Ordering::Release);
-            }
         }
         for job in batch.drain(..) {
             job.finish(&committed);
         }
+        // After an I/O error redb refuses every later read and write on that
+        // handle: reopen the file, at most once per interval, until it works.
+        if matches!(committed, Err(StoreError::Io(_)))
+            && last_reopen.is_none_or(|at| at.elapsed() >= REOPEN_INTERVAL)
+        {
+            last_reopen = Some(Instant::now());
+            reopen(slot, opener);
+        }
+    }
+}
+
+/// Replaces the failed handle with a freshly opened one. Readers get a 503
+/// meanwhile (redb answers nothing from a handle that saw an I/O error).
+fn reopen(slot: &Slot, opener: &Opener) {
+    let Ok(mut guard) = slot.write() else { return };
+    drop(guard.take());
+    drop(guard);
+    // Read snapshots of the old handle keep the file locked until they end.
+    let deadline = Instant::now() + REOPEN_WAIT;
+    let reopened = loop {
+        match opener.writable() {
+            Ok(db) => break Some(Arc::new(db)),
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(error = %e, "reopen: waiting for the old handle to close");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot reopen the database; retrying at the next write");
+                break None;
+            }
+        }
+    };
+    if reopened.is_some() {
+        tracing::warn!("database reopened after an I/O error");
+    }
+    if let Ok(mut guard) = slot.write() {
+        *guard = reopened;
     }
 }
 
