@@ -144,6 +144,30 @@ async fn run_chains(client: HttpClient, chains: Vec<String>) -> ChainsRun {
     run
 }
 
+/// Arguments for a server with ana seeded, the test secret and the given grace window.
+fn chain_server_args(grace: &str) -> Vec<String> {
+    let seed = format!("--seed-user=ana@example.com:2:Ana:{PASSWORD}");
+    vec![
+        seed,
+        format!("--secret={SECRET}"),
+        format!("--reuse-grace={grace}"),
+    ]
+}
+
+/// Starts such a server and opens `count` sessions; answers their refresh tokens.
+async fn start_with_sessions(
+    data: &std::path::Path,
+    args: &[&str],
+    count: usize,
+) -> (ServerProcess, Vec<String>) {
+    let server = ServerProcess::start(data, args);
+    let mut tokens = Vec::new();
+    for _ in 0..count {
+        tokens.push(login(&server.client, "ana@example.com", None).await.refresh);
+    }
+    (server, tokens)
+}
+
 /// SIGKILL at random moments under a refresh load, 20 times: every token
 /// answered 200 survives, every rotated token stays rotated, the file opens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,23 +175,12 @@ async fn twenty_kill_9_cycles_under_load_lose_nothing() {
     const CYCLES: usize = 20;
     const CHAINS: usize = 24;
     let (_dir, data) = data_dir();
-    let seed = format!("ana@example.com:2:Ana:{PASSWORD}");
     // A grace window longer than the test: a rotation committed just before
     // the kill, whose answer never arrived, is recovered by presenting the
     // acknowledged token again.
-    let args = [
-        "--seed-user",
-        seed.as_str(),
-        "--secret",
-        SECRET,
-        "--reuse-grace",
-        "10m",
-    ];
-    let server = ServerProcess::start(&data, &args);
-    let mut acked = Vec::new();
-    for _ in 0..CHAINS {
-        acked.push(login(&server.client, "ana@example.com", None).await.refresh);
-    }
+    let owned = chain_server_args("10m");
+    let args: Vec<&str> = owned.iter().map(String::as_str).collect();
+    let (server, mut acked) = start_with_sessions(&data, &args, CHAINS).await;
     server.kill_hard();
 
     let mut rotated: Vec<Vec<String>> = vec![Vec::new(); CHAINS];
@@ -229,21 +242,10 @@ async fn twenty_kill_9_cycles_under_load_lose_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_drops_no_accepted_request() {
     let (_dir, data) = data_dir();
-    let seed = format!("ana@example.com:2:Ana:{PASSWORD}");
     // No grace window: a rotation whose answer was lost would show as reuse.
-    let args = [
-        "--seed-user",
-        seed.as_str(),
-        "--secret",
-        SECRET,
-        "--reuse-grace",
-        "0",
-    ];
-    let server = ServerProcess::start(&data, &args);
-    let mut chains = Vec::new();
-    for _ in 0..16 {
-        chains.push(login(&server.client, "ana@example.com", None).await.refresh);
-    }
+    let owned = chain_server_args("0");
+    let args: Vec<&str> = owned.iter().map(String::as_str).collect();
+    let (server, chains) = start_with_sessions(&data, &args, 16).await;
     let load = tokio::spawn(run_chains(server.client.clone(), chains));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let status = tokio::task::spawn_blocking(move || server.terminate())
