@@ -503,22 +503,33 @@ fn load_or_generate_secret(path: &Path) -> Result<Secret, ConfigError> {
     Secret::new(bytes)
 }
 
+/// Warns when the database's folder is accessible to other users. It is not
+/// changed behind the operator's back (a backup user may need it); the files
+/// latchkey writes in it are 0600 either way.
+pub fn warn_if_data_folder_is_shared(data: &Path) {
+    let folder = data
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let Ok(metadata) = fs::metadata(folder) else {
+        return;
+    };
+    let mode = metadata.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            folder = %folder.display(),
+            mode = format!("{mode:o}"),
+            "the data folder is accessible to other users; consider `chmod 700` on it"
+        );
+    }
+}
+
 /// Creates the database's folder (mode 0700) if it does not exist yet.
 pub fn ensure_data_folder(data: &Path) -> Result<(), ConfigError> {
     let Some(folder) = data.parent().filter(|p| !p.as_os_str().is_empty()) else {
         return Ok(());
     };
-    if let Ok(metadata) = fs::metadata(folder) {
-        let mode = metadata.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            // Not changed behind the operator's back (a backup user may need
-            // it); the files inside are 0600 either way.
-            tracing::warn!(
-                folder = %folder.display(),
-                mode = format!("{mode:o}"),
-                "the data folder is accessible to other users; consider `chmod 700` on it"
-            );
-        }
+    if folder.exists() {
         return Ok(());
     }
     fs::DirBuilder::new()

@@ -60,6 +60,7 @@ fn init_logging(filter: &str) {
 
 async fn serve(common: &CommonArgs, args: &ServeArgs) -> Result<(), BoxError> {
     let config = ServeConfig::from_args(common, args)?;
+    config::warn_if_data_folder_is_shared(&config.data);
     let address = format!("{}:{}", config.bind, config.port);
     let listener = TcpListener::bind(&address)
         .await
