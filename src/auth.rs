@@ -96,14 +96,18 @@ impl Auth {
             })?),
         };
 
-        // Throttled attempts are refused before any hashing.
-        if let Some(throttle) = &self.throttle {
-            throttle
-                .check(&email, attempt.client_address, std::time::Instant::now())
-                .map_err(|blocked| Error::RateLimited {
-                    retry_after_secs: blocked.retry_after.as_secs_f64().ceil() as u64,
-                })?;
-        }
+        // Throttled attempts are refused before any hashing; the attempt
+        // counts as in flight until this function returns.
+        let _attempt = match &self.throttle {
+            Some(throttle) => Some(
+                throttle
+                    .begin(&email, attempt.client_address, std::time::Instant::now())
+                    .map_err(|blocked| Error::RateLimited {
+                        retry_after_secs: blocked.retry_after.as_secs_f64().ceil() as u64,
+                    })?,
+            ),
+            None => None,
+        };
         let user = self.store.user_by_email(&email).await?;
         let verification = self
             .passwords

@@ -9,6 +9,11 @@
 //! successful login clears its account's record (not its address's: one
 //! good password must not buy an attacker more guesses elsewhere).
 //!
+//! Attempts are counted while they run, too: once an account has failed,
+//! at most as many attempts on it may run at once as it has failures left
+//! before back-off (at least one), because checks happen before hashing and
+//! failures are recorded after it.
+//!
 //! Memory is bounded: records live in two generations of at most
 //! `capacity / 2` entries each. When the young generation fills up, the old
 //! one is dropped and the young one becomes old; a key still in use is
@@ -54,6 +59,8 @@ struct Record {
     failures: u32,
     last_failure: Instant,
     blocked_until: Instant,
+    /// Attempts admitted and not finished yet.
+    in_flight: u32,
 }
 
 /// A bounded map in two generations (see the module doc).
@@ -106,13 +113,84 @@ pub struct Throttle {
     addresses: Mutex<Generations<IpAddr>>,
 }
 
-fn remaining<K: Hash + Eq + Clone>(
-    table: &Mutex<Generations<K>>,
+/// Failures that still count at `now`.
+fn recent_failures(record: &Record, policy: &ThrottlePolicy, now: Instant) -> u32 {
+    if now.duration_since(record.last_failure) < policy.forget_after {
+        record.failures
+    } else {
+        0
+    }
+}
+
+/// Whether one more attempt for this key may start now: not while blocked,
+/// and, when `limit_in_flight` and the key has failed recently, never more at
+/// once than the failures it has left before back-off (at least one), so
+/// parallel guesses get no more tries than a sequence would. A key with no
+/// recent failure is not limited: honest clients log in in parallel.
+fn admit<K: Hash + Eq + Clone>(
+    table: &Generations<K>,
     key: &K,
+    free: u32,
+    limit_in_flight: bool,
+    policy: &ThrottlePolicy,
     now: Instant,
-) -> Option<Duration> {
-    let record = table.lock().ok()?.get(key)?;
-    (record.blocked_until > now).then(|| record.blocked_until - now)
+) -> Result<(), Blocked> {
+    let Some(record) = table.get(key) else {
+        return Ok(());
+    };
+    if record.blocked_until > now {
+        return Err(Blocked {
+            retry_after: record.blocked_until - now,
+        });
+    }
+    if !limit_in_flight {
+        return Ok(());
+    }
+    let failures = recent_failures(&record, policy, now);
+    if failures == 0 {
+        return Ok(());
+    }
+    let budget = free.saturating_sub(failures).max(1);
+    if record.in_flight >= budget {
+        return Err(Blocked {
+            retry_after: policy.base_delay,
+        });
+    }
+    Ok(())
+}
+
+fn change_in_flight<K: Hash + Eq + Clone>(
+    table: &mut Generations<K>,
+    key: K,
+    now: Instant,
+    up: bool,
+) {
+    let record = table.get(&key);
+    let in_flight = record.map_or(0, |r| r.in_flight);
+    let in_flight = if up {
+        in_flight.saturating_add(1)
+    } else {
+        in_flight.saturating_sub(1)
+    };
+    match record {
+        Some(record) => table.put(
+            key,
+            Record {
+                in_flight,
+                ..record
+            },
+        ),
+        None if up => table.put(
+            key,
+            Record {
+                failures: 0,
+                last_failure: now,
+                blocked_until: now,
+                in_flight,
+            },
+        ),
+        None => {}
+    }
 }
 
 fn record_failure<K: Hash + Eq + Clone>(
@@ -123,10 +201,10 @@ fn record_failure<K: Hash + Eq + Clone>(
     now: Instant,
 ) {
     let Ok(mut table) = table.lock() else { return };
-    let previous = table
-        .get(&key)
-        .filter(|r| now.duration_since(r.last_failure) < policy.forget_after);
-    let failures = previous.map_or(0, |r| r.failures).saturating_add(1);
+    let previous = table.get(&key);
+    let failures = previous
+        .map_or(0, |r| recent_failures(&r, policy, now))
+        .saturating_add(1);
     let blocked_until = match failures.checked_sub(free) {
         None | Some(0) => now,
         Some(extra) => {
@@ -137,14 +215,35 @@ fn record_failure<K: Hash + Eq + Clone>(
                 .min(policy.max_delay)
         }
     };
+    let in_flight = previous.map_or(0, |r| r.in_flight);
     table.put(
         key,
         Record {
             failures,
             last_failure: now,
             blocked_until,
+            in_flight,
         },
     );
+}
+
+/// An admitted login attempt; dropping it ends the attempt.
+pub struct Attempt<'a> {
+    throttle: &'a Throttle,
+    email: String,
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut accounts) = self.throttle.accounts.lock() {
+            change_in_flight(
+                &mut accounts,
+                std::mem::take(&mut self.email),
+                Instant::now(),
+                false,
+            );
+        }
+    }
 }
 
 impl Throttle {
@@ -156,14 +255,58 @@ impl Throttle {
         }
     }
 
-    /// Whether a login for `email` from `address` must wait; checked before hashing.
-    pub fn check(&self, email: &str, address: Option<IpAddr>, now: Instant) -> Result<(), Blocked> {
-        let account = remaining(&self.accounts, &email.to_string(), now);
-        let client = address.and_then(|a| remaining(&self.addresses, &a, now));
-        match account.max(client) {
-            Some(retry_after) => Err(Blocked { retry_after }),
+    /// Admits a login attempt for `email` from `address`, or says how long
+    /// to wait; called before any hashing. Hold the [`Attempt`] until done.
+    /// Parallel attempts are limited per account only: one address may be a
+    /// proxy or a NAT in front of many honest users.
+    pub fn begin(
+        &self,
+        email: &str,
+        address: Option<IpAddr>,
+        now: Instant,
+    ) -> Result<Attempt<'_>, Blocked> {
+        let policy = &self.policy;
+        // Always accounts first, then addresses: one lock order.
+        let mut accounts = self.accounts.lock().map_err(|_| Blocked {
+            retry_after: policy.base_delay,
+        })?;
+        let addresses = self.addresses.lock().map_err(|_| Blocked {
+            retry_after: policy.base_delay,
+        })?;
+        let email = email.to_string();
+        let account = admit(
+            &accounts,
+            &email,
+            policy.account_free_failures,
+            true,
+            policy,
+            now,
+        );
+        let client = match address {
+            Some(a) => admit(
+                &addresses,
+                &a,
+                policy.address_free_failures,
+                false,
+                policy,
+                now,
+            ),
             None => Ok(()),
+        };
+        match (account, client) {
+            (Ok(()), Ok(())) => {}
+            (Err(a), Err(b)) => {
+                return Err(Blocked {
+                    retry_after: a.retry_after.max(b.retry_after),
+                })
+            }
+            (Err(blocked), _) | (_, Err(blocked)) => return Err(blocked),
         }
+        change_in_flight(&mut accounts, email.clone(), now, true);
+        Ok(Attempt {
+            throttle: self,
+            email,
+        })
     }
 
     pub fn record_failure(&self, email: &str, address: Option<IpAddr>, now: Instant) {
@@ -188,7 +331,18 @@ impl Throttle {
 
     pub fn record_success(&self, email: &str) {
         if let Ok(mut accounts) = self.accounts.lock() {
-            accounts.remove(&email.to_string());
+            let key = email.to_string();
+            match accounts.get(&key) {
+                // Other attempts are still running: keep their count.
+                Some(record) if record.in_flight > 0 => accounts.put(
+                    key,
+                    Record {
+                        failures: 0,
+                        ..record
+                    },
+                ),
+                _ => accounts.remove(&key),
+            }
         }
     }
 
@@ -201,8 +355,57 @@ impl Throttle {
 }
 
 #[cfg(test)]
+impl Throttle {
+    /// Admits and at once ends an attempt: whether one could start now.
+    fn check(&self, email: &str, address: Option<IpAddr>, now: Instant) -> Result<(), Blocked> {
+        self.begin(email, address, now).map(drop)
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parallel_attempts_get_no_more_tries_than_sequential_ones() {
+        let throttle = Throttle::new(policy());
+        let t0 = Instant::now();
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        // No failure yet: parallel logins are not limited.
+        let honest: Vec<_> = (0..10)
+            .map(|_| throttle.begin("a@b.c", Some(ip), t0).unwrap())
+            .collect();
+        drop(honest);
+        // One of three free failures used: two attempts may run at once, not a third.
+        throttle.record_failure("a@b.c", None, t0);
+        let running: Vec<_> = (0..2)
+            .map(|_| throttle.begin("a@b.c", Some(ip), t0).unwrap())
+            .collect();
+        assert!(throttle.begin("a@b.c", Some(ip), t0).is_err());
+        assert!(
+            throttle.begin("other@b.c", Some(ip), t0).is_ok(),
+            "other accounts from the same address are not limited"
+        );
+        drop(running);
+        assert!(
+            throttle.begin("a@b.c", Some(ip), t0).is_ok(),
+            "finished attempts free their slots"
+        );
+        // Past the free failures, one attempt at a time.
+        for _ in 0..2 {
+            throttle.record_failure("a@b.c", None, t0);
+        }
+        let one = throttle.begin("a@b.c", None, t0).unwrap();
+        assert!(throttle.begin("a@b.c", None, t0).is_err());
+        drop(one);
+        // A success resets the count: parallel logins are free again.
+        let a = throttle.begin("a@b.c", None, t0).unwrap();
+        throttle.record_success("a@b.c");
+        let more: Vec<_> = (0..5)
+            .map(|_| throttle.begin("a@b.c", None, t0).unwrap())
+            .collect();
+        drop((a, more));
+    }
 
     fn policy() -> ThrottlePolicy {
         ThrottlePolicy {
