@@ -73,10 +73,13 @@ async fn route(
         ("/auth/logout", Method::POST) => handlers::logout(app, request).await,
         ("/auth/profile", Method::GET) => handlers::profile(app, &request).await,
         ("/healthz", Method::GET) => handlers::healthz(app).await,
+        ("/openapi.json", Method::GET) => Ok(openapi_document()),
         ("/auth/login" | "/auth/refresh" | "/auth/logout", _) => {
             Err(Error::MethodNotAllowed { allow: "POST" })
         }
-        ("/auth/profile" | "/healthz", _) => Err(Error::MethodNotAllowed { allow: "GET" }),
+        ("/auth/profile" | "/healthz" | "/openapi.json", _) => {
+            Err(Error::MethodNotAllowed { allow: "GET" })
+        }
         _ => Err(Error::NotFound),
     }
 }
@@ -104,6 +107,18 @@ pub fn error_response(error: &Error) -> HttpResponse {
         }
         _ => {}
     }
+    response
+}
+
+/// The OpenAPI 3 description of this API, for clients and API fuzzers.
+fn openapi_document() -> HttpResponse {
+    let mut response = Response::new(Full::new(Bytes::from_static(include_bytes!(
+        "openapi.json"
+    ))));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
 }
 

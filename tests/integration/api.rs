@@ -196,6 +196,23 @@ async fn transport_errors_have_json_bodies() {
         .send(Method::GET, "/healthz", &[], Bytes::new())
         .await;
     assert_eq!(health.status, StatusCode::OK);
+    let openapi = client
+        .send(Method::GET, "/openapi.json", &[], Bytes::new())
+        .await;
+    assert_eq!(openapi.status, StatusCode::OK);
+    assert_eq!(openapi.body["openapi"], "3.0.3");
+    for path in [
+        "/auth/login",
+        "/auth/refresh",
+        "/auth/logout",
+        "/auth/profile",
+        "/healthz",
+    ] {
+        assert!(
+            openapi.body["paths"][path].is_object(),
+            "{path} is described"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
