@@ -53,6 +53,20 @@ pub struct NewUser {
     pub created_at: Millis,
 }
 
+impl NewUser {
+    /// The stored user, once the store has assigned `id`.
+    pub fn into_user(self, id: UserId) -> User {
+        User {
+            id,
+            email: self.email,
+            name: self.name,
+            role_id: self.role_id,
+            password_hash: self.password_hash,
+            created_at: self.created_at,
+        }
+    }
+}
+
 /// The result of presenting a refresh token to its session.
 #[derive(Debug)]
 #[allow(clippy::large_enum_variant)] // moved once per request; boxing would cost more

@@ -8,7 +8,7 @@ use super::{
     USER_SESSIONS,
 };
 use crate::session::{Session, SessionId, UserId};
-use crate::store::{NewUser, StoreResult, User};
+use crate::store::{NewUser, StoreResult};
 
 /// Bulk loading for `latchkey bench --populate` (not part of [`crate::store::Store`]: an
 /// admin path that only this backend needs). Each call is one durable
@@ -26,14 +26,7 @@ impl RedbStore {
                 .map_or(1, |v| v.value());
             let mut ids = Vec::with_capacity(users.len());
             for new in users {
-                let user = User {
-                    id: next,
-                    email: new.email,
-                    name: new.name,
-                    role_id: new.role_id,
-                    password_hash: new.password_hash,
-                    created_at: new.created_at,
-                };
+                let user = new.into_user(next);
                 emails.insert(user.email.as_str(), next).map_err(backend)?;
                 table
                     .insert(next, encode_user(&user).as_slice())

@@ -43,7 +43,7 @@ use super::{LogoutScope, NewUser, RefreshOutcome, Store, StoreError, StoreResult
 use crate::session::{Millis, RotationPolicy, Session, SessionId, TokenId, UserId};
 use file::Opener;
 use records::{
-    decode_session, decode_user, delete_session, encode_user, put_session, read_user,
+    decode_user, delete_session, encode_user, put_session, read_session, read_user,
     sessions_of_user, write_txn_session, write_txn_user,
 };
 use writer::{run_writer, Pending, WriteJob};
@@ -190,14 +190,7 @@ impl Store for RedbStore {
                 .map_err(backend)?
                 .map_or(1, |v| v.value());
             meta.insert(NEXT_USER_ID, id + 1).map_err(backend)?;
-            let user = User {
-                id,
-                email: new.email,
-                name: new.name,
-                role_id: new.role_id,
-                password_hash: new.password_hash,
-                created_at: new.created_at,
-            };
+            let user = new.into_user(id);
             emails.insert(user.email.as_str(), id).map_err(backend)?;
             txn.open_table(USERS)
                 .map_err(backend)?
@@ -310,12 +303,7 @@ impl Store for RedbStore {
         // read snapshot takes ~1-2 µs from redb's cache, several times less
         // than a hop to the blocking pool, and this is the hot path of every
         // access-token check. A read never waits for the writer.
-        let txn = Self::snapshot(&self.slot)?;
-        let sessions = txn.open_table(SESSIONS).map_err(backend)?;
-        let found = sessions.get(id.0).map_err(backend)?;
-        found
-            .map(|bytes| decode_session(id.0, bytes.value()))
-            .transpose()
+        read_session(&Self::snapshot(&self.slot)?, id)
     }
 
     async fn refresh_session(

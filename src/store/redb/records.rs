@@ -106,31 +106,45 @@ pub(super) fn decode_session(id: u128, bytes: &[u8]) -> StoreResult<Session> {
     })
 }
 
-pub(super) fn read_user(txn: &ReadTransaction, id: UserId) -> StoreResult<Option<User>> {
-    let users = txn.open_table(USERS).map_err(backend)?;
+/// The user stored under `id` in the users table of any transaction.
+fn user_in(
+    users: &impl ReadableTable<u64, &'static [u8]>,
+    id: UserId,
+) -> StoreResult<Option<User>> {
     let found = users.get(id).map_err(backend)?;
     found
         .map(|bytes| decode_user(id, bytes.value()))
         .transpose()
 }
 
-pub(super) fn write_txn_user(txn: &WriteTransaction, id: UserId) -> StoreResult<Option<User>> {
-    let users = txn.open_table(USERS).map_err(backend)?;
-    let found = users.get(id).map_err(backend)?;
+/// The session stored under `id` in the sessions table of any transaction.
+fn session_in(
+    sessions: &impl ReadableTable<u128, &'static [u8]>,
+    id: SessionId,
+) -> StoreResult<Option<Session>> {
+    let found = sessions.get(id.0).map_err(backend)?;
     found
-        .map(|bytes| decode_user(id, bytes.value()))
+        .map(|bytes| decode_session(id.0, bytes.value()))
         .transpose()
+}
+
+pub(super) fn read_user(txn: &ReadTransaction, id: UserId) -> StoreResult<Option<User>> {
+    user_in(&txn.open_table(USERS).map_err(backend)?, id)
+}
+
+pub(super) fn read_session(txn: &ReadTransaction, id: SessionId) -> StoreResult<Option<Session>> {
+    session_in(&txn.open_table(SESSIONS).map_err(backend)?, id)
+}
+
+pub(super) fn write_txn_user(txn: &WriteTransaction, id: UserId) -> StoreResult<Option<User>> {
+    user_in(&txn.open_table(USERS).map_err(backend)?, id)
 }
 
 pub(super) fn write_txn_session(
     txn: &WriteTransaction,
     id: SessionId,
 ) -> StoreResult<Option<Session>> {
-    let sessions = txn.open_table(SESSIONS).map_err(backend)?;
-    let found = sessions.get(id.0).map_err(backend)?;
-    found
-        .map(|bytes| decode_session(id.0, bytes.value()))
-        .transpose()
+    session_in(&txn.open_table(SESSIONS).map_err(backend)?, id)
 }
 
 pub(super) fn put_session(
