@@ -117,18 +117,7 @@ async fn user_commands_fail_clearly_while_the_server_holds_the_database() {
 async fn weak_or_unreadable_secrets_are_refused_at_start() {
     let (_dir, data) = data_dir();
     let db = db_arg(&data);
-    let short = run_cli(
-        &[
-            "serve",
-            "--port",
-            "0",
-            "--data",
-            &db,
-            "--secret",
-            "too-short",
-        ],
-        "",
-    );
+    let short = run_failing_serve(&db, &["--secret", "too-short"]);
     assert_eq!(short.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&short.stderr);
     assert!(stderr.contains("at least 32 bytes"), "{stderr}");
@@ -139,39 +128,14 @@ async fn weak_or_unreadable_secrets_are_refused_at_start() {
 
     let file = data.join("short.secret");
     std::fs::write(&file, "0123456789\n").unwrap();
-    let from_file = run_cli(
-        &[
-            "serve",
-            "--port",
-            "0",
-            "--data",
-            &db,
-            "--secret-file",
-            file.to_str().unwrap(),
-        ],
-        "",
-    );
+    let from_file = run_failing_serve(&db, &["--secret-file", file.to_str().unwrap()]);
     assert_eq!(from_file.status.code(), Some(1));
 
-    let missing = run_cli(
-        &[
-            "serve",
-            "--port",
-            "0",
-            "--data",
-            &db,
-            "--secret-file",
-            "/nonexistent/secret",
-        ],
-        "",
-    );
+    let missing = run_failing_serve(&db, &["--secret-file", "/nonexistent/secret"]);
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read"));
 
-    let bad_duration = run_cli(
-        &["serve", "--port", "0", "--data", &db, "--access-ttl", "1w"],
-        "",
-    );
+    let bad_duration = run_failing_serve(&db, &["--access-ttl", "1w"]);
     assert_eq!(bad_duration.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad_duration.stderr).contains("1w"));
 }

@@ -377,6 +377,14 @@ pub fn run_cli(args: &[&str], stdin: &str) -> std::process::Output {
     wait_with_timeout(child, Duration::from_secs(30))
 }
 
+/// Runs `latchkey serve --port 0 --data <db> <extra…>` for a start-up that
+/// is expected to fail (a server that starts would run until the timeout).
+pub fn run_failing_serve(db: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["serve", "--port", "0", "--data", db];
+    args.extend(extra);
+    run_cli(&args, "")
+}
+
 fn wait_with_timeout(mut child: Child, limit: Duration) -> std::process::Output {
     let started = std::time::Instant::now();
     loop {

@@ -338,18 +338,7 @@ async fn secret_files_readable_by_others_are_refused_unless_allowed() {
     std::fs::write(&secret, SECRET).unwrap();
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
     let db = data.join("latchkey.redb").display().to_string();
-    let refused = run_cli(
-        &[
-            "serve",
-            "--port",
-            "0",
-            "--data",
-            &db,
-            "--secret-file",
-            secret.to_str().unwrap(),
-        ],
-        "",
-    );
+    let refused = run_failing_serve(&db, &["--secret-file", secret.to_str().unwrap()]);
     assert_eq!(refused.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
