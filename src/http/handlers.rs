@@ -63,7 +63,22 @@ pub async fn profile(app: &App, request: &Request<Incoming>) -> Result<HttpRespo
     ))
 }
 
+/// 200 while the database can be read (503 otherwise); `writes` says
+/// whether writes are accepted too, and why not when they are refused.
+/// Details go to the log, not to whoever asks.
 pub async fn healthz(app: &App) -> Result<HttpResponse, Error> {
-    app.auth.store().ping().await?;
-    Ok(json_response(StatusCode::OK, &json!({ "status": "ok" })))
+    let store = app.auth.store();
+    store.ping().await?;
+    let writes = if app.space.check().is_err() {
+        "disk_full"
+    } else if store.check_writes().await.is_err() {
+        "failing"
+    } else {
+        "ok"
+    };
+    let status = if writes == "ok" { "ok" } else { "degraded" };
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "status": status, "writes": writes }),
+    ))
 }

@@ -178,4 +178,8 @@ pub trait Store: Send + Sync + 'static {
     async fn sweep_expired_sessions(&self, now: Millis, limit: usize) -> StoreResult<usize>;
     /// Succeeds when the database is readable.
     async fn ping(&self) -> StoreResult<()>;
+    /// Succeeds when writes are accepted. While they are refused because
+    /// the file cannot be written, tries the file again (not more often than
+    /// the backend allows) and answers with the result.
+    async fn check_writes(&self) -> StoreResult<()>;
 }

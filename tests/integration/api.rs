@@ -196,6 +196,7 @@ async fn transport_errors_have_json_bodies() {
         .send(Method::GET, "/healthz", &[], Bytes::new())
         .await;
     assert_eq!(health.status, StatusCode::OK);
+    assert_eq!(health.body, json!({ "status": "ok", "writes": "ok" }));
     let openapi = client
         .send(Method::GET, "/openapi.json", &[], Bytes::new())
         .await;

@@ -391,6 +391,10 @@ async fn a_full_disk_pauses_writes_and_recovers_by_itself() {
         .send(Method::GET, "/healthz", &[], Bytes::new())
         .await;
     assert_eq!(health.status, StatusCode::OK, "the database is readable");
+    assert_eq!(
+        health.body,
+        json!({ "status": "degraded", "writes": "disk_full" })
+    );
 
     server.app.space.set_reserve(1); // space is back
     let refreshed = client.refresh(&tokens.refresh).await;
@@ -407,22 +411,26 @@ async fn a_full_disk_pauses_writes_and_recovers_by_itself() {
 }
 
 /// Writes that fail at the file (a read-only or failing disk, injected
-/// below redb): 503, nothing is lost, and the store reopens the file by
-/// itself once the disk accepts writes again.
+/// below redb): writes answer 503 while reads go on from the last commit,
+/// nothing is lost or written meanwhile, and the store reopens the file for
+/// writing by itself once the disk accepts writes again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failing_writes_answer_503_then_recover_by_themselves() {
+async fn failing_writes_answer_503_while_reads_go_on_then_recover() {
     let data = tempfile::tempdir().unwrap();
     let path = data.path().join("latchkey.redb");
     let server = TestServer::start_with(|c| c.data = path.clone()).await;
     let client = &server.client;
     let before = server.login("ana@example.com", None).await;
     let rotated = Tokens::from_body(&client.refresh(&before.refresh).await.body);
+    let other = server.login("mo@example.com", None).await;
+    client.logout(&other.refresh, None).await;
 
     server.app.storage_faults.set_fail_writes(true);
     client
         .refresh(&rotated.refresh)
         .await
         .assert_error(503, "unavailable");
+    let file_while_failing = std::fs::read(&path).unwrap();
     let login_body = json!({ "email": "mo@example.com", "password": PASSWORD });
     for _ in 0..3 {
         client
@@ -430,38 +438,65 @@ async fn failing_writes_answer_503_then_recover_by_themselves() {
             .await
             .assert_error(503, "unavailable");
     }
-    // redb answers nothing from a handle that saw an I/O error, and the file
-    // cannot be reopened until it accepts writes: reads answer 503 too (never
-    // 500, never a wrong 401), and /healthz says the store is down.
+    client
+        .logout(&rotated.refresh, None)
+        .await
+        .assert_error(503, "unavailable");
+    // Reads answer from the last commit, with the same answers as before.
     for _ in 0..5 {
         let response = client.profile(&rotated.access).await;
-        assert!(
-            matches!(response.status.as_u16(), 200 | 503),
-            "{}",
-            response.text
-        );
+        assert_eq!(response.status, StatusCode::OK, "{}", response.text);
+        assert_eq!(response.body["profile"]["email"], "ana@example.com");
+        client
+            .profile(&other.access)
+            .await
+            .assert_error(401, "session_revoked");
     }
     let health = client
         .send(Method::GET, "/healthz", &[], Bytes::new())
         .await;
-    assert_eq!(health.status, StatusCode::SERVICE_UNAVAILABLE);
-    // Past the writer's first reopen attempt (2 s): it retries at later writes.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(health.status, StatusCode::OK, "{}", health.text);
+    assert_eq!(
+        health.body,
+        json!({ "status": "degraded", "writes": "failing" })
+    );
+    // Meanwhile no other process may write the file under the reads.
+    let db = path.display().to_string();
+    let cli = run_cli(&["user", "list", "--data", &db], "");
+    assert!(!cli.status.success());
+    assert!(
+        String::from_utf8_lossy(&cli.stderr).contains("in use by another process"),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    // Past the writer's first retry (1 s): it goes on retrying at later writes.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     client
         .refresh(&rotated.refresh)
         .await
         .assert_error(503, "unavailable");
+    assert_eq!(client.profile(&rotated.access).await.status, StatusCode::OK);
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        file_while_failing,
+        "reading never writes the file"
+    );
 
     server.app.storage_faults.set_fail_writes(false);
+    // With no write to try it, /healthz tries the file itself.
     let started = Instant::now();
-    let recovered = loop {
-        let response = client.refresh(&rotated.refresh).await;
-        if response.status == StatusCode::OK || started.elapsed() > Duration::from_secs(10) {
-            break response;
+    let health = loop {
+        let health = client
+            .send(Method::GET, "/healthz", &[], Bytes::new())
+            .await;
+        if health.body["writes"] == "ok" || started.elapsed() > Duration::from_secs(10) {
+            break health;
         }
-        response.assert_error(503, "unavailable");
+        assert_eq!(health.body["writes"], "failing", "{}", health.text);
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    assert_eq!(health.body, json!({ "status": "ok", "writes": "ok" }));
+    let recovered = client.refresh(&rotated.refresh).await;
     assert_eq!(
         recovered.status,
         StatusCode::OK,
@@ -486,4 +521,70 @@ async fn failing_writes_answer_503_then_recover_by_themselves() {
         .await
         .assert_error(401, "session_revoked");
     server.login("mo@example.com", None).await;
+}
+
+/// Reads under load never notice the file failing and recovering: the
+/// handle swaps happen between reads, which wait for them (milliseconds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reads_go_on_across_write_failures_and_recoveries() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let server = TestServer::start().await;
+    let tokens = server.login("ana@example.com", None).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..8)
+        .map(|_| {
+            let (client, access, stop) = (
+                server.client.clone(),
+                tokens.access.clone(),
+                Arc::clone(&stop),
+            );
+            tokio::spawn(async move {
+                let mut answers = std::collections::BTreeMap::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let status = client.profile(&access).await.status.as_u16();
+                    *answers.entry(status).or_insert(0u32) += 1;
+                }
+                answers
+            })
+        })
+        .collect();
+    let mut refresh = tokens.refresh.clone();
+    let (mut refused, mut rotated) = (0, 0);
+    for round in 0..6 {
+        server.app.storage_faults.set_fail_writes(round % 2 == 0);
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_millis(300) {
+            let response = server.client.refresh(&refresh).await;
+            if response.status == StatusCode::OK {
+                refresh = Tokens::from_body(&response.body).refresh;
+                rotated += 1;
+            } else {
+                response.assert_error(503, "unavailable");
+                refused += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    assert!(
+        refused > 0 && rotated > 0,
+        "{refused} refused, {rotated} rotated"
+    );
+    for reader in readers {
+        let answers = reader.await.unwrap();
+        assert_eq!(answers.keys().collect::<Vec<_>>(), [&200], "{answers:?}");
+    }
+    // The chain survived every swap; the writer tries the file again within a second.
+    let started = Instant::now();
+    let last = loop {
+        let response = server.client.refresh(&refresh).await;
+        if response.status != StatusCode::SERVICE_UNAVAILABLE
+            || started.elapsed() > Duration::from_secs(5)
+        {
+            break response;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(last.status, StatusCode::OK, "{}", last.text);
 }

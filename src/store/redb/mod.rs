@@ -16,12 +16,19 @@
 //! - `session_expiry`: (absolute end, session id), for the sweep;
 //! - `meta`: counters (the next user id; ids are never reused).
 //!
-//! Files: `writer.rs` (the queue, group commit, reopening after I/O errors),
-//! `records.rs` (record encodings and per-table helpers), `file.rs` (opening
-//! the file; fault injection), `bulk.rs` (bulk loading for `bench --populate`).
+//! When a write fails at the file (a failing disk, a read-only remount),
+//! redb refuses every later operation on that handle. The writer then swaps
+//! it for a read-only view of the last commit, so reads go on while writes
+//! answer 503, and tries the file for writing again at later writes.
+//!
+//! Files: `writer.rs` (the queue, group commit, swapping handles after I/O
+//! errors), `records.rs` (record encodings and per-table helpers), `file.rs`
+//! (opening the file; fault injection), `read_only.rs` (the read-only view),
+//! `bulk.rs` (bulk loading for `bench --populate`).
 
 mod bulk;
 mod file;
+mod read_only;
 mod records;
 mod writer;
 
@@ -61,15 +68,44 @@ const MAX_BATCH: usize = 512;
 /// Operations that may wait for the writer before senders are slowed down.
 const QUEUE_DEPTH: usize = 8192;
 
-fn backend<E: std::fmt::Display>(err: E) -> StoreError {
-    StoreError::Backend(err.to_string())
+/// Any redb error as a store error. I/O failures are told apart: after one,
+/// redb refuses everything on that handle until it is replaced.
+fn backend<E: Into<redb::Error>>(err: E) -> StoreError {
+    match err.into() {
+        io @ (redb::Error::Io(_) | redb::Error::PreviousIo) => StoreError::Io(io.to_string()),
+        other => StoreError::Backend(other.to_string()),
+    }
+}
+
+/// An open database, and whether it may be written.
+pub(super) enum Handle {
+    Writable(Arc<Database>),
+    /// The file cannot be written: a view of its last commit that only
+    /// reads (see `read_only.rs`). The writer refuses every batch meanwhile.
+    ReadOnly(Arc<Database>),
+}
+
+impl Handle {
+    fn database(&self) -> &Arc<Database> {
+        match self {
+            Handle::Writable(db) | Handle::ReadOnly(db) => db,
+        }
+    }
 }
 
 /// Shared by the readers and the writer; only the writer replaces it.
 ///
-/// `None` while the writer reopens the file after an I/O error; redb refuses
-/// every operation on a handle that saw one, so the handle is replaced.
-pub(super) type Slot = RwLock<Option<Arc<Database>>>;
+/// `None` only when the file could be opened neither for writing nor for
+/// reading; the writer tries again at later writes.
+pub(super) type Slot = RwLock<Option<Handle>>;
+
+/// A read transaction and the handle it reads from, kept open until the
+/// read ends: redb fails the reads of a handle closed under them, and the
+/// writer drops its own reference when it swaps handles.
+struct Snapshot {
+    txn: ReadTransaction,
+    _database: Arc<Database>,
+}
 
 pub struct RedbStore {
     slot: Arc<Slot>,
@@ -108,7 +144,7 @@ impl RedbStore {
         }
         txn.commit().map_err(backend)?;
 
-        let slot = Arc::new(RwLock::new(Some(Arc::new(db))));
+        let slot = Arc::new(RwLock::new(Some(Handle::Writable(Arc::new(db)))));
         let (jobs, queue) = mpsc::channel(QUEUE_DEPTH);
         let writer_slot = Arc::clone(&slot);
         let writer = std::thread::Builder::new()
@@ -127,14 +163,36 @@ impl RedbStore {
         &self.path
     }
 
-    /// A read snapshot of the current database handle.
-    fn snapshot(slot: &Slot) -> StoreResult<ReadTransaction> {
-        let handle = slot
+    /// A read snapshot of the current database handle, writable or not.
+    /// [`StoreError::Io`] when the handle saw an I/O error (or there is none).
+    fn snapshot(slot: &Slot) -> StoreResult<Snapshot> {
+        let database = slot
             .read()
             .map_err(|_| StoreError::Backend("handle lock poisoned".into()))?
-            .clone();
-        let db = handle.ok_or_else(|| StoreError::Io("the database is being reopened".into()))?;
-        db.begin_read().map_err(backend)
+            .as_ref()
+            .map(|handle| Arc::clone(handle.database()))
+            .ok_or_else(|| StoreError::Io("the database file cannot be opened".into()))?;
+        Ok(Snapshot {
+            txn: database.begin_read().map_err(backend)?,
+            _database: database,
+        })
+    }
+
+    /// Has the writer replace a dead handle (one that saw an I/O error).
+    /// The writer replaces a handle whose commit failed, but a read can see
+    /// the failure a moment before the swap, and a failed read kills a
+    /// handle without the writer knowing. An empty batch fails on the dead
+    /// handle and the writer swaps it before answering (or refuses at once
+    /// if it tried the file less than a second ago).
+    async fn replace_dead_handle(&self) {
+        let _ = self.write(|_| Ok(())).await;
+    }
+
+    /// Whether the current handle accepts writes.
+    fn is_writable(&self) -> bool {
+        self.slot
+            .read()
+            .is_ok_and(|handle| matches!(*handle, Some(Handle::Writable(_))))
     }
 
     async fn write<T, F>(&self, operation: F) -> StoreResult<T>
@@ -153,15 +211,29 @@ impl RedbStore {
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Runs `operation` in a read snapshot on the blocking pool; once more
+    /// on a fresh handle if the first one was dead.
     async fn read<T, F>(&self, operation: F) -> StoreResult<T>
     where
         T: Send + 'static,
-        F: FnOnce(&ReadTransaction) -> StoreResult<T> + Send + 'static,
+        F: Fn(&ReadTransaction) -> StoreResult<T> + Send + Sync + 'static,
     {
-        let slot = Arc::clone(&self.slot);
-        tokio::task::spawn_blocking(move || operation(&Self::snapshot(&slot)?))
-            .await
-            .map_err(|e| StoreError::Backend(format!("read task failed: {e}")))?
+        let operation = Arc::new(operation);
+        let read_once = |operation: Arc<F>| {
+            let slot = Arc::clone(&self.slot);
+            async move {
+                tokio::task::spawn_blocking(move || operation(&Self::snapshot(&slot)?.txn))
+                    .await
+                    .map_err(|e| StoreError::Backend(format!("read task failed: {e}")))?
+            }
+        };
+        match read_once(Arc::clone(&operation)).await {
+            Err(StoreError::Io(_)) => {
+                self.replace_dead_handle().await;
+                read_once(operation).await
+            }
+            other => other,
+        }
     }
 }
 
@@ -303,7 +375,13 @@ impl Store for RedbStore {
         // read snapshot takes ~1-2 µs from redb's cache, several times less
         // than a hop to the blocking pool, and this is the hot path of every
         // access-token check. A read never waits for the writer.
-        read_session(&Self::snapshot(&self.slot)?, id)
+        match Self::snapshot(&self.slot).and_then(|snapshot| read_session(&snapshot.txn, id)) {
+            Err(StoreError::Io(_)) => {
+                self.replace_dead_handle().await;
+                read_session(&Self::snapshot(&self.slot)?.txn, id)
+            }
+            other => other,
+        }
     }
 
     async fn refresh_session(
@@ -393,6 +471,14 @@ impl Store for RedbStore {
             Ok(expired.len())
         })
         .await
+    }
+
+    async fn check_writes(&self) -> StoreResult<()> {
+        if self.is_writable() {
+            return Ok(());
+        }
+        // An empty batch: the writer tries the file again before it, if due.
+        self.write(|_| Ok(())).await
     }
 
     async fn ping(&self) -> StoreResult<()> {

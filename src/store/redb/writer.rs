@@ -8,7 +8,7 @@ use redb::{Database, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
 use super::file::Opener;
-use super::{backend, Slot, MAX_BATCH};
+use super::{backend, Handle, Slot, MAX_BATCH};
 use crate::store::space::SpaceGuard;
 use crate::store::{StoreError, StoreResult};
 
@@ -48,7 +48,7 @@ where
     }
 }
 
-/// How often the writer tries to reopen the file while writes fail.
+/// How often the writer tries the file for writing while it cannot be written.
 const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a reopen waits for read snapshots of the old handle to end.
 const REOPEN_WAIT: Duration = Duration::from_secs(2);
@@ -69,68 +69,105 @@ pub(super) fn run_writer(
                 Err(_) => break,
             }
         }
-        let committed = space.check().and_then(|()| {
-            let handle = slot.read().ok().and_then(|guard| guard.clone());
-            match handle {
-                Some(db) => commit_batch(&db, &mut batch),
-                None => Err(StoreError::Io(
-                    "the database could not be reopened yet".into(),
-                )),
-            }
+        let mut writable = writable_handle(slot);
+        // While only reads are served, try the file again before this batch,
+        // at most once per interval: a failing disk is not hammered.
+        if writable.is_none() && last_reopen.is_none_or(|at| at.elapsed() >= REOPEN_INTERVAL) {
+            last_reopen = Some(Instant::now());
+            reopen(slot, opener);
+            writable = writable_handle(slot);
+        }
+        let committed = space.check().and_then(|()| match &writable {
+            Some(db) => commit_batch(db, &mut batch),
+            None => Err(StoreError::Io(
+                "the database file cannot be written; only reads are served".into(),
+            )),
         });
-        if let Err(e) = &committed {
-            tracing::error!(error = %e, operations = batch.len(), "write batch failed");
+        match &committed {
+            Err(e) if writable.is_some() => {
+                tracing::error!(error = %e, operations = batch.len(), "write batch failed");
+            }
+            Err(e) => tracing::debug!(error = %e, operations = batch.len(), "write batch refused"),
+            Ok(()) => {}
+        }
+        // After an I/O error redb refuses every later read and write on that
+        // handle. Swap it before answering, so that reads go on at once.
+        if writable.is_some() && matches!(committed, Err(StoreError::Io(_))) {
+            drop(writable);
+            last_reopen = Some(Instant::now());
+            reopen(slot, opener);
         }
         for job in batch.drain(..) {
             job.finish(&committed);
         }
-        // After an I/O error redb refuses every later read and write on that
-        // handle: reopen the file, at most once per interval, until it works.
-        if matches!(committed, Err(StoreError::Io(_)))
-            && last_reopen.is_none_or(|at| at.elapsed() >= REOPEN_INTERVAL)
-        {
-            last_reopen = Some(Instant::now());
-            reopen(slot, opener);
-        }
     }
 }
 
-/// Replaces the failed handle with a freshly opened one. Readers get a 503
-/// meanwhile (redb answers nothing from a handle that saw an I/O error).
+fn writable_handle(slot: &Slot) -> Option<Arc<Database>> {
+    match slot.read().ok()?.as_ref()? {
+        Handle::Writable(db) => Some(Arc::clone(db)),
+        Handle::ReadOnly(_) => None,
+    }
+}
+
+/// Replaces the current handle: with a writable one if the file can be
+/// written, else with a read-only view of its last commit. Readers wait for
+/// the swap (milliseconds) rather than fail.
 fn reopen(slot: &Slot, opener: &Opener) {
     let Ok(mut guard) = slot.write() else { return };
+    let was_writable = matches!(*guard, Some(Handle::Writable(_)));
     drop(guard.take());
-    drop(guard);
-    // Read snapshots of the old handle keep the file locked until they end.
     let deadline = Instant::now() + REOPEN_WAIT;
-    let reopened = loop {
-        match opener.writable() {
-            Ok(db) => break Some(Arc::new(db)),
-            Err(e) if Instant::now() < deadline => {
-                tracing::debug!(error = %e, "reopen: waiting for the old handle to close");
-                std::thread::sleep(Duration::from_millis(10));
+    let replacement = match open_once_released(deadline, || opener.writable()) {
+        Ok(db) => {
+            if !was_writable {
+                tracing::warn!("the database file accepts writes again");
             }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot reopen the database; retrying at the next write");
-                break None;
-            }
+            Some(Handle::Writable(Arc::new(db)))
         }
+        Err(write_error) => match open_once_released(deadline, || opener.read_only_view()) {
+            Ok(db) => {
+                if was_writable {
+                    tracing::error!(
+                        error = %write_error,
+                        "the database file cannot be written: serving reads from its last commit; \
+                         writes answer 503 and are retried about once a second"
+                    );
+                }
+                Some(Handle::ReadOnly(Arc::new(db)))
+            }
+            Err(read_error) => {
+                tracing::error!(
+                    %write_error, %read_error,
+                    "the database file can be opened neither for writing nor for reading; retrying at the next write"
+                );
+                None
+            }
+        },
     };
-    if reopened.is_some() {
-        tracing::warn!("database reopened after an I/O error");
-    }
-    if let Ok(mut guard) = slot.write() {
-        *guard = reopened;
+    *guard = replacement;
+}
+
+/// Runs `open` until the previous handle has released the file (its last
+/// read snapshots end within microseconds) or `deadline` passes.
+fn open_once_released(
+    deadline: Instant,
+    open: impl Fn() -> Result<Database, redb::DatabaseError>,
+) -> Result<Database, redb::DatabaseError> {
+    loop {
+        match open() {
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            other => return other,
+        }
     }
 }
 
 /// Applies every job in one transaction and commits durably. Any failure
 /// aborts the whole transaction: nothing of the batch is kept or answered as done.
 fn commit_batch(db: &Database, batch: &mut [Box<dyn WriteJob>]) -> StoreResult<()> {
-    let mut txn = db.begin_write().map_err(|e| match e {
-        redb::TransactionError::Storage(storage) => storage_error(storage),
-        other => backend(other),
-    })?;
+    let mut txn = db.begin_write().map_err(backend)?;
     // Saves the allocator state with each commit, so opening after a crash
     // takes milliseconds instead of a walk over the whole file (measured: 2 s
     // for 1 M users and 5 M sessions). Group commit hides the extra cost.
@@ -142,18 +179,5 @@ fn commit_batch(db: &Database, batch: &mut [Box<dyn WriteJob>]) -> StoreResult<(
             Err(_) => return Err(StoreError::Backend("a write operation panicked".into())),
         }
     }
-    txn.commit().map_err(|e| match e {
-        redb::CommitError::Storage(storage) => storage_error(storage),
-        other => backend(other),
-    })
-}
-
-/// I/O failures are told apart: after one, redb refuses all later writes.
-fn storage_error(error: redb::StorageError) -> StoreError {
-    match error {
-        redb::StorageError::Io(_) | redb::StorageError::PreviousIo => {
-            StoreError::Io(error.to_string())
-        }
-        other => backend(other),
-    }
+    txn.commit().map_err(backend)
 }
