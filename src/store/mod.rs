@@ -94,7 +94,7 @@ pub enum LogoutScope {
 }
 
 /// A storage failure. Never shown to clients (they get `unavailable`).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum StoreError {
     /// Another process holds the database file.
     Locked(String),

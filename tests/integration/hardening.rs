@@ -588,3 +588,117 @@ async fn concurrent_reads_go_on_across_write_failures_and_recoveries() {
     };
     assert_eq!(last.status, StatusCode::OK, "{}", last.text);
 }
+
+/// A size-limited tmpfs, unmounted on drop.
+struct SmallFileSystem {
+    dir: tempfile::TempDir,
+}
+
+impl SmallFileSystem {
+    fn mount(size: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let options = format!("size={size},mode=0700");
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &options, "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount failed (this test needs root)");
+        SmallFileSystem { dir }
+    }
+
+    /// Fills the file system to the last byte; the filler is deleted to free it.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.dir.path().join("filler");
+        let mut filler = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0u8; 4096];
+        while filler.write_all(&chunk).is_ok() {}
+        path
+    }
+}
+
+impl Drop for SmallFileSystem {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// The same as the injected faults above, on a real file system that runs
+/// out of space with the free-space guard turned off: the kernel's ENOSPC
+/// reaches redb. Needs root (it mounts a tmpfs), so `.ci/run` runs it
+/// explicitly when it can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: mounts a size-limited tmpfs"]
+async fn a_real_full_file_system_keeps_reads_and_recovers() {
+    let disk = SmallFileSystem::mount("8m");
+    let data = disk.dir.path();
+    let seed = format!("ana@example.com:1:Ana:{PASSWORD}");
+    let args = ["--min-free-mb", "0", "--seed-user", seed.as_str()];
+    let server = ServerProcess::start(data, &args);
+    let client = &server.client;
+    let first = login(client, "ana@example.com", None).await;
+    let rotated = Tokens::from_body(&client.refresh(&first.refresh).await.body);
+
+    let filler = disk.fill();
+    let login_body = json!({ "email": "ana@example.com", "password": PASSWORD });
+    let mut refused = None;
+    for _ in 0..200 {
+        let response = client.post_json("/auth/login", &login_body).await;
+        if response.status != StatusCode::OK {
+            refused = Some(response);
+            break;
+        }
+    }
+    refused
+        .expect("a login fails once the file system is full")
+        .assert_error(503, "unavailable");
+    for _ in 0..5 {
+        let response = client.profile(&rotated.access).await;
+        assert_eq!(response.status, StatusCode::OK, "{}", response.text);
+    }
+    let health = client
+        .send(Method::GET, "/healthz", &[], Bytes::new())
+        .await;
+    assert_eq!(
+        health.body,
+        json!({ "status": "degraded", "writes": "failing" })
+    );
+    assert!(
+        server
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|line| line.contains("No space left on device")),
+        "the kernel's error reached the writer"
+    );
+
+    std::fs::remove_file(filler).unwrap();
+    let started = Instant::now();
+    let recovered = loop {
+        let response = client.refresh(&rotated.refresh).await;
+        if response.status == StatusCode::OK || started.elapsed() > Duration::from_secs(10) {
+            break response;
+        }
+        response.assert_error(503, "unavailable");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(recovered.status, StatusCode::OK, "{}", recovered.text);
+    let latest = Tokens::from_body(&recovered.body);
+    client
+        .refresh(&first.refresh)
+        .await
+        .assert_error(401, "token_reused");
+    assert_eq!(server.terminate().code(), Some(0));
+
+    let server = ServerProcess::start(data, &args);
+    server
+        .client
+        .refresh(&latest.refresh)
+        .await
+        .assert_error(401, "session_revoked");
+    login(&server.client, "ana@example.com", None).await;
+}

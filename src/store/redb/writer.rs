@@ -40,7 +40,7 @@ where
     fn finish(self: Box<Self>, committed: &StoreResult<()>) {
         let answer = match (committed, self.result) {
             (Ok(()), Some(value)) => Ok(value),
-            (Err(e), _) => Err(StoreError::Backend(e.to_string())),
+            (Err(e), _) => Err(e.clone()),
             (Ok(()), None) => Err(StoreError::Backend("the operation was not applied".into())),
         };
         // The requester may have gone away (client disconnected); that is fine.
@@ -74,7 +74,7 @@ pub(super) fn run_writer(
         // at most once per interval: a failing disk is not hammered.
         if writable.is_none() && last_reopen.is_none_or(|at| at.elapsed() >= REOPEN_INTERVAL) {
             last_reopen = Some(Instant::now());
-            reopen(slot, opener);
+            reopen(slot, opener, Reopen::ForWriting);
             writable = writable_handle(slot);
         }
         let committed = space.check().and_then(|()| match &writable {
@@ -91,11 +91,14 @@ pub(super) fn run_writer(
             Ok(()) => {}
         }
         // After an I/O error redb refuses every later read and write on that
-        // handle. Swap it before answering, so that reads go on at once.
+        // handle. Swap it for a read-only view before answering, so that reads
+        // go on at once; writing is tried again in a second. (Reopening for
+        // writing at once would work on a full disk, whose next write fails
+        // the same way: a swap per batch instead of one per second.)
         if writable.is_some() && matches!(committed, Err(StoreError::Io(_))) {
             drop(writable);
             last_reopen = Some(Instant::now());
-            reopen(slot, opener);
+            reopen(slot, opener, Reopen::ReadOnly);
         }
         for job in batch.drain(..) {
             job.finish(&committed);
@@ -110,42 +113,51 @@ fn writable_handle(slot: &Slot) -> Option<Arc<Database>> {
     }
 }
 
-/// Replaces the current handle: with a writable one if the file can be
-/// written, else with a read-only view of its last commit. Readers wait for
-/// the swap (milliseconds) rather than fail.
-fn reopen(slot: &Slot, opener: &Opener) {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reopen {
+    /// For writing if the file allows it, else read-only.
+    ForWriting,
+    ReadOnly,
+}
+
+/// Replaces the current handle: with a writable one if asked and the file
+/// can be written, else with a read-only view of its last commit. Readers
+/// wait for the swap (milliseconds) rather than fail.
+fn reopen(slot: &Slot, opener: &Opener, mode: Reopen) {
     let Ok(mut guard) = slot.write() else { return };
     let was_writable = matches!(*guard, Some(Handle::Writable(_)));
     drop(guard.take());
     let deadline = Instant::now() + REOPEN_WAIT;
-    let replacement = match open_once_released(deadline, || opener.writable()) {
-        Ok(db) => {
-            if !was_writable {
-                tracing::warn!("the database file accepts writes again");
-            }
-            Some(Handle::Writable(Arc::new(db)))
-        }
-        Err(write_error) => match open_once_released(deadline, || opener.read_only_view()) {
+    if mode == Reopen::ForWriting {
+        match open_once_released(deadline, || opener.writable()) {
             Ok(db) => {
-                if was_writable {
-                    tracing::error!(
-                        error = %write_error,
-                        "the database file cannot be written: serving reads from its last commit; \
-                         writes answer 503 and are retried about once a second"
-                    );
+                if !was_writable {
+                    tracing::warn!("the database file is open for writing again");
                 }
-                Some(Handle::ReadOnly(Arc::new(db)))
+                *guard = Some(Handle::Writable(Arc::new(db)));
+                return;
             }
-            Err(read_error) => {
+            Err(e) => tracing::debug!(error = %e, "the database file still cannot be written"),
+        }
+    }
+    *guard = match open_once_released(deadline, || opener.read_only_view()) {
+        Ok(db) => {
+            if was_writable {
                 tracing::error!(
-                    %write_error, %read_error,
-                    "the database file can be opened neither for writing nor for reading; retrying at the next write"
+                    "the database file cannot be written: serving reads from its last commit; \
+                     writes answer 503 and are retried about once a second"
                 );
-                None
             }
-        },
+            Some(Handle::ReadOnly(Arc::new(db)))
+        }
+        Err(e) => {
+            tracing::error!(
+                error = %e,
+                "the database file cannot be opened even for reading; retrying at the next write"
+            );
+            None
+        }
     };
-    *guard = replacement;
 }
 
 /// Runs `open` until the previous handle has released the file (its last
