@@ -377,7 +377,8 @@ impl Store for RedbStore {
         // access-token check. A read never waits for the writer.
         match Self::snapshot(&self.slot).and_then(|snapshot| read_session(&snapshot.txn, id)) {
             Err(StoreError::Io(_)) => {
-                self.replace_dead_handle().await;
+                // Boxed: the rare path must not grow every lookup's future.
+                Box::pin(self.replace_dead_handle()).await;
                 read_session(&Self::snapshot(&self.slot)?.txn, id)
             }
             other => other,
