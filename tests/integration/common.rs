@@ -465,9 +465,17 @@ impl ServerProcess {
     }
 
     /// SIGTERM, then wait for a clean exit.
-    pub fn terminate(mut self) -> std::process::ExitStatus {
+    pub fn terminate(self) -> std::process::ExitStatus {
+        self.stop_with("TERM")
+    }
+
+    /// Sends `signal` (`TERM`, `INT`), then waits for a clean exit.
+    pub fn stop_with(mut self, signal: &str) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
-        let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .unwrap();
         assert!(status.success());
         let started = std::time::Instant::now();
         loop {
@@ -489,7 +497,7 @@ impl ServerProcess {
             }
             assert!(
                 started.elapsed() < Duration::from_secs(20),
-                "server did not stop after SIGTERM"
+                "server did not stop after SIG{signal}"
             );
             std::thread::sleep(Duration::from_millis(20));
         }

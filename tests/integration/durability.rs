@@ -241,6 +241,16 @@ async fn twenty_kill_9_cycles_under_load_lose_nothing() {
 /// every answer the clients received holds after a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_drops_no_accepted_request() {
+    stop_under_load_drops_no_accepted_request("TERM").await;
+}
+
+/// The same for SIGINT (Ctrl-C in a terminal).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_under_load_drops_no_accepted_request() {
+    stop_under_load_drops_no_accepted_request("INT").await;
+}
+
+async fn stop_under_load_drops_no_accepted_request(signal: &'static str) {
     let (_dir, data) = data_dir();
     // No grace window: a rotation whose answer was lost would show as reuse.
     let owned = chain_server_args("0");
@@ -248,7 +258,7 @@ async fn sigterm_under_load_drops_no_accepted_request() {
     let (server, chains) = start_with_sessions(&data, &args, 16).await;
     let load = tokio::spawn(run_chains(server.client.clone(), chains));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let status = tokio::task::spawn_blocking(move || server.terminate())
+    let status = tokio::task::spawn_blocking(move || server.stop_with(signal))
         .await
         .unwrap();
     assert_eq!(status.code(), Some(0));
