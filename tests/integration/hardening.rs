@@ -702,3 +702,101 @@ async fn a_real_full_file_system_keeps_reads_and_recovers() {
         .assert_error(401, "session_revoked");
     login(&server.client, "ana@example.com", None).await;
 }
+
+/// A read-only bind mount of `source`, unmounted on drop.
+struct ReadOnlyMount {
+    dir: tempfile::TempDir,
+}
+
+impl ReadOnlyMount {
+    fn of(source: &std::path::Path) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mount = |args: &[&str]| {
+            let status = std::process::Command::new("mount")
+                .args(args)
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(
+                status.success(),
+                "mount {args:?} failed (this test needs root)"
+            );
+        };
+        mount(&["--bind", source.to_str().unwrap()]);
+        mount(&["-o", "remount,ro,bind"]);
+        ReadOnlyMount { dir }
+    }
+
+    fn make_writable(&self) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", "remount,rw,bind"])
+            .arg(self.dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for ReadOnlyMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// A data file on a read-only mount at start: the server starts, serves
+/// reads, refuses writes with 503, and writes once the mount is made
+/// writable, without a restart. Needs root (bind mounts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: makes a read-only bind mount"]
+async fn a_real_read_only_mount_is_served_read_only_until_writable() {
+    let (_dir, data) = data_dir();
+    let seed = format!("ana@example.com:1:Ana:{PASSWORD}");
+    let server = ServerProcess::start(&data, &["--seed-user", seed.as_str()]);
+    let tokens = login(&server.client, "ana@example.com", None).await;
+    assert_eq!(server.terminate().code(), Some(0));
+
+    let mount = ReadOnlyMount::of(&data);
+    assert!(std::fs::OpenOptions::new()
+        .write(true)
+        .open(mount.dir.path().join("latchkey.redb"))
+        .is_err());
+    let server = ServerProcess::start(mount.dir.path(), &[]);
+    let client = &server.client;
+    let profile = client.profile(&tokens.access).await;
+    assert_eq!(profile.status, StatusCode::OK, "{}", profile.text);
+    let login_body = json!({ "email": "ana@example.com", "password": PASSWORD });
+    client
+        .post_json("/auth/login", &login_body)
+        .await
+        .assert_error(503, "unavailable");
+    client
+        .refresh(&tokens.refresh)
+        .await
+        .assert_error(503, "unavailable");
+    let health = client
+        .send(Method::GET, "/healthz", &[], Bytes::new())
+        .await;
+    assert_eq!(
+        health.body,
+        json!({ "status": "degraded", "writes": "failing" })
+    );
+
+    mount.make_writable();
+    let started = Instant::now();
+    let refreshed = loop {
+        let response = client.refresh(&tokens.refresh).await;
+        if response.status == StatusCode::OK || started.elapsed() > Duration::from_secs(10) {
+            break response;
+        }
+        response.assert_error(503, "unavailable");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(refreshed.status, StatusCode::OK, "{}", refreshed.text);
+    assert_eq!(
+        client.post_json("/auth/login", &login_body).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(server.terminate().code(), Some(0));
+}

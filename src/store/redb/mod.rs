@@ -129,22 +129,36 @@ impl RedbStore {
             cache_bytes,
             faults,
         };
-        let db = opener.writable().map_err(|e| match e {
-            DatabaseError::DatabaseAlreadyOpen => StoreError::Locked(path.display().to_string()),
-            other => StoreError::Backend(format!("cannot open {}: {other}", path.display())),
-        })?;
-        let txn = db.begin_write().map_err(backend)?;
-        {
-            txn.open_table(USERS).map_err(backend)?;
-            txn.open_table(USER_EMAILS).map_err(backend)?;
-            txn.open_table(SESSIONS).map_err(backend)?;
-            txn.open_table(USER_SESSIONS).map_err(backend)?;
-            txn.open_table(SESSION_EXPIRY).map_err(backend)?;
-            txn.open_table(META).map_err(backend)?;
-        }
-        txn.commit().map_err(backend)?;
+        let handle = match opener.writable() {
+            Ok(db) => {
+                create_tables(&db)?;
+                Handle::Writable(Arc::new(db))
+            }
+            Err(DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(StoreError::Locked(path.display().to_string()))
+            }
+            // A file that exists but cannot be written (a read-only mount,
+            // no write permission) is served read-only, as after a write error.
+            Err(write_error) => match opener.read_only_view() {
+                Ok(db) => {
+                    tracing::error!(
+                        error = %write_error,
+                        path = %path.display(),
+                        "cannot open the database file for writing: serving reads only; \
+                         writes answer 503 and are retried about once a second"
+                    );
+                    Handle::ReadOnly(Arc::new(db))
+                }
+                Err(_) => {
+                    return Err(StoreError::Backend(format!(
+                        "cannot open {}: {write_error}",
+                        path.display()
+                    )))
+                }
+            },
+        };
 
-        let slot = Arc::new(RwLock::new(Some(Handle::Writable(Arc::new(db)))));
+        let slot = Arc::new(RwLock::new(Some(handle)));
         let (jobs, queue) = mpsc::channel(QUEUE_DEPTH);
         let writer_slot = Arc::clone(&slot);
         let writer = std::thread::Builder::new()
@@ -235,6 +249,18 @@ impl RedbStore {
             other => other,
         }
     }
+}
+
+/// Creates the tables a new file lacks (a no-op on an existing one).
+fn create_tables(db: &Database) -> StoreResult<()> {
+    let txn = db.begin_write().map_err(backend)?;
+    txn.open_table(USERS).map_err(backend)?;
+    txn.open_table(USER_EMAILS).map_err(backend)?;
+    txn.open_table(SESSIONS).map_err(backend)?;
+    txn.open_table(USER_SESSIONS).map_err(backend)?;
+    txn.open_table(SESSION_EXPIRY).map_err(backend)?;
+    txn.open_table(META).map_err(backend)?;
+    txn.commit().map_err(backend)
 }
 
 impl Drop for RedbStore {
@@ -491,5 +517,64 @@ impl Store for RedbStore {
             Ok(())
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_user(email: &str) -> NewUser {
+        NewUser {
+            email: email.into(),
+            name: "Ana".into(),
+            role_id: 1,
+            password_hash: "$argon2id$not-a-real-hash".into(),
+            created_at: 1,
+        }
+    }
+
+    fn open(path: &Path, faults: &Arc<StorageFaults>) -> StoreResult<RedbStore> {
+        let space = Arc::new(SpaceGuard::new(path, 0));
+        RedbStore::open(path, 1 << 20, space, Arc::clone(faults))
+    }
+
+    /// A file that cannot be written at start is served read-only, and the
+    /// store starts writing once the file accepts writes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_that_cannot_be_written_at_start_is_served_read_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.redb");
+        let faults = Arc::new(StorageFaults::default());
+        let store = open(&path, &faults).unwrap();
+        let ana = store.create_user(new_user("ana@example.com")).await;
+        assert!(ana.unwrap().is_some());
+        drop(store);
+
+        faults.set_fail_writes(true);
+        let store = open(&path, &faults).unwrap();
+        assert!(!store.is_writable());
+        let found = store.user_by_email("ana@example.com").await.unwrap();
+        assert_eq!(found.unwrap().name, "Ana");
+        let refused = store.create_user(new_user("mo@example.com")).await;
+        assert!(matches!(refused, Err(StoreError::Io(_))), "{refused:?}");
+        assert!(store.check_writes().await.is_err());
+
+        faults.set_fail_writes(false);
+        tokio::time::sleep(writer::REOPEN_INTERVAL).await;
+        assert!(store.check_writes().await.is_ok());
+        assert!(store.is_writable());
+        let mo = store.create_user(new_user("mo@example.com")).await;
+        assert!(mo.unwrap().is_some());
+        assert_eq!(store.list_users().await.unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_missing_or_empty_file_that_cannot_be_written_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.redb");
+        let faults = Arc::new(StorageFaults::default());
+        faults.set_fail_writes(true);
+        assert!(matches!(open(&path, &faults), Err(StoreError::Backend(_))));
     }
 }

@@ -49,7 +49,7 @@ where
 }
 
 /// How often the writer tries the file for writing while it cannot be written.
-const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
+pub(super) const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a reopen waits for read snapshots of the old handle to end.
 const REOPEN_WAIT: Duration = Duration::from_secs(2);
 
