@@ -192,9 +192,7 @@ async fn transport_errors_have_json_bodies() {
     wrong_method.assert_error(405, "method_not_allowed");
     assert_eq!(wrong_method.headers["allow"], "GET");
 
-    let health = client
-        .send(Method::GET, "/healthz", &[], Bytes::new())
-        .await;
+    let health = client.healthz().await;
     assert_eq!(health.status, StatusCode::OK);
     assert_eq!(health.body, json!({ "status": "ok", "writes": "ok" }));
     let openapi = client

@@ -297,6 +297,10 @@ impl HttpClient {
             .await
     }
 
+    pub async fn healthz(&self) -> Response {
+        self.send(Method::GET, "/healthz", &[], Bytes::new()).await
+    }
+
     pub async fn profile(&self, access_token: &str) -> Response {
         let bearer = format!("Bearer {access_token}");
         self.send(

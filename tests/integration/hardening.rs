@@ -354,10 +354,7 @@ async fn secret_files_readable_by_others_are_refused_unless_allowed() {
             "--insecure-secret-file",
         ],
     );
-    let health = server
-        .client
-        .send(Method::GET, "/healthz", &[], Bytes::new())
-        .await;
+    let health = server.client.healthz().await;
     assert_eq!(health.status, StatusCode::OK);
 }
 
@@ -387,9 +384,7 @@ async fn a_full_disk_pauses_writes_and_recovers_by_itself() {
         StatusCode::OK,
         "reads keep working"
     );
-    let health = client
-        .send(Method::GET, "/healthz", &[], Bytes::new())
-        .await;
+    let health = client.healthz().await;
     assert_eq!(health.status, StatusCode::OK, "the database is readable");
     assert_eq!(
         health.body,
@@ -452,9 +447,7 @@ async fn failing_writes_answer_503_while_reads_go_on_then_recover() {
             .await
             .assert_error(401, "session_revoked");
     }
-    let health = client
-        .send(Method::GET, "/healthz", &[], Bytes::new())
-        .await;
+    let health = client.healthz().await;
     assert_eq!(health.status, StatusCode::OK, "{}", health.text);
     assert_eq!(
         health.body,
@@ -486,9 +479,7 @@ async fn failing_writes_answer_503_while_reads_go_on_then_recover() {
     // With no write to try it, /healthz tries the file itself.
     let started = Instant::now();
     let health = loop {
-        let health = client
-            .send(Method::GET, "/healthz", &[], Bytes::new())
-            .await;
+        let health = client.healthz().await;
         if health.body["writes"] == "ok" || started.elapsed() > Duration::from_secs(10) {
             break health;
         }
@@ -576,38 +567,75 @@ async fn concurrent_reads_go_on_across_write_failures_and_recoveries() {
         assert_eq!(answers.keys().collect::<Vec<_>>(), [&200], "{answers:?}");
     }
     // The chain survived every swap; the writer tries the file again within a second.
-    let started = Instant::now();
-    let last = loop {
-        let response = server.client.refresh(&refresh).await;
-        if response.status != StatusCode::SERVICE_UNAVAILABLE
-            || started.elapsed() > Duration::from_secs(5)
-        {
-            break response;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert_eq!(last.status, StatusCode::OK, "{}", last.text);
+    refresh_once_writable(&server.client, &refresh).await;
 }
 
-/// A size-limited tmpfs, unmounted on drop.
-struct SmallFileSystem {
+/// Refreshes `token` until writes are accepted again (each refusal must be
+/// 503 `unavailable`, which changes nothing); the 200 answer, or a panic
+/// after 10 s.
+async fn refresh_once_writable(client: &HttpClient, token: &str) -> Response {
+    let started = Instant::now();
+    loop {
+        let response = client.refresh(token).await;
+        if response.status == StatusCode::OK {
+            return response;
+        }
+        response.assert_error(503, "unavailable");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "writes did not resume"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A file system mounted on a fresh temporary folder for a test, unmounted
+/// on drop. Mounting needs root.
+struct Mount {
     dir: tempfile::TempDir,
 }
 
-impl SmallFileSystem {
-    fn mount(size: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let options = format!("size={size},mode=0700");
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &options, "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .unwrap();
-        assert!(status.success(), "mount failed (this test needs root)");
-        SmallFileSystem { dir }
+impl Mount {
+    fn new(args: &[&str]) -> Self {
+        let mount = Mount {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        mount.run(args);
+        mount
     }
 
-    /// Fills the file system to the last byte; the filler is deleted to free it.
+    /// A tmpfs of `size`.
+    fn tmpfs(size: &str) -> Self {
+        Self::new(&[
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size},mode=0700"),
+            "tmpfs",
+        ])
+    }
+
+    /// A read-only view of the folder `source`.
+    fn read_only_bind(source: &std::path::Path) -> Self {
+        let mount = Self::new(&["--bind", source.to_str().unwrap()]);
+        mount.remount("ro,bind");
+        mount
+    }
+
+    fn remount(&self, options: &str) {
+        self.run(&["-o", &format!("remount,{options}")]);
+    }
+
+    fn run(&self, args: &[&str]) {
+        let status = std::process::Command::new("mount")
+            .args(args)
+            .arg(self.dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount {args:?} failed (it needs root)");
+    }
+
+    /// Fills the file system to the last byte; delete the filler to free it.
     fn fill(&self) -> std::path::PathBuf {
         use std::io::Write;
         let path = self.dir.path().join("filler");
@@ -618,7 +646,7 @@ impl SmallFileSystem {
     }
 }
 
-impl Drop for SmallFileSystem {
+impl Drop for Mount {
     fn drop(&mut self) {
         let _ = std::process::Command::new("umount")
             .arg(self.dir.path())
@@ -633,7 +661,7 @@ impl Drop for SmallFileSystem {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root: mounts a size-limited tmpfs"]
 async fn a_real_full_file_system_keeps_reads_and_recovers() {
-    let disk = SmallFileSystem::mount("8m");
+    let disk = Mount::tmpfs("8m");
     let data = disk.dir.path();
     let seed = format!("ana@example.com:1:Ana:{PASSWORD}");
     let args = ["--min-free-mb", "0", "--seed-user", seed.as_str()];
@@ -659,9 +687,7 @@ async fn a_real_full_file_system_keeps_reads_and_recovers() {
         let response = client.profile(&rotated.access).await;
         assert_eq!(response.status, StatusCode::OK, "{}", response.text);
     }
-    let health = client
-        .send(Method::GET, "/healthz", &[], Bytes::new())
-        .await;
+    let health = client.healthz().await;
     assert_eq!(
         health.body,
         json!({ "status": "degraded", "writes": "failing" })
@@ -677,16 +703,7 @@ async fn a_real_full_file_system_keeps_reads_and_recovers() {
     );
 
     std::fs::remove_file(filler).unwrap();
-    let started = Instant::now();
-    let recovered = loop {
-        let response = client.refresh(&rotated.refresh).await;
-        if response.status == StatusCode::OK || started.elapsed() > Duration::from_secs(10) {
-            break response;
-        }
-        response.assert_error(503, "unavailable");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert_eq!(recovered.status, StatusCode::OK, "{}", recovered.text);
+    let recovered = refresh_once_writable(client, &rotated.refresh).await;
     let latest = Tokens::from_body(&recovered.body);
     client
         .refresh(&first.refresh)
@@ -703,48 +720,6 @@ async fn a_real_full_file_system_keeps_reads_and_recovers() {
     login(&server.client, "ana@example.com", None).await;
 }
 
-/// A read-only bind mount of `source`, unmounted on drop.
-struct ReadOnlyMount {
-    dir: tempfile::TempDir,
-}
-
-impl ReadOnlyMount {
-    fn of(source: &std::path::Path) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mount = |args: &[&str]| {
-            let status = std::process::Command::new("mount")
-                .args(args)
-                .arg(dir.path())
-                .status()
-                .unwrap();
-            assert!(
-                status.success(),
-                "mount {args:?} failed (this test needs root)"
-            );
-        };
-        mount(&["--bind", source.to_str().unwrap()]);
-        mount(&["-o", "remount,ro,bind"]);
-        ReadOnlyMount { dir }
-    }
-
-    fn make_writable(&self) {
-        let status = std::process::Command::new("mount")
-            .args(["-o", "remount,rw,bind"])
-            .arg(self.dir.path())
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-}
-
-impl Drop for ReadOnlyMount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg(self.dir.path())
-            .status();
-    }
-}
-
 /// A data file on a read-only mount at start: the server starts, serves
 /// reads, refuses writes with 503, and writes once the mount is made
 /// writable, without a restart. Needs root (bind mounts).
@@ -757,7 +732,7 @@ async fn a_real_read_only_mount_is_served_read_only_until_writable() {
     let tokens = login(&server.client, "ana@example.com", None).await;
     assert_eq!(server.terminate().code(), Some(0));
 
-    let mount = ReadOnlyMount::of(&data);
+    let mount = Mount::read_only_bind(&data);
     assert!(std::fs::OpenOptions::new()
         .write(true)
         .open(mount.dir.path().join("latchkey.redb"))
@@ -775,25 +750,14 @@ async fn a_real_read_only_mount_is_served_read_only_until_writable() {
         .refresh(&tokens.refresh)
         .await
         .assert_error(503, "unavailable");
-    let health = client
-        .send(Method::GET, "/healthz", &[], Bytes::new())
-        .await;
+    let health = client.healthz().await;
     assert_eq!(
         health.body,
         json!({ "status": "degraded", "writes": "failing" })
     );
 
-    mount.make_writable();
-    let started = Instant::now();
-    let refreshed = loop {
-        let response = client.refresh(&tokens.refresh).await;
-        if response.status == StatusCode::OK || started.elapsed() > Duration::from_secs(10) {
-            break response;
-        }
-        response.assert_error(503, "unavailable");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert_eq!(refreshed.status, StatusCode::OK, "{}", refreshed.text);
+    mount.remount("rw,bind");
+    refresh_once_writable(client, &tokens.refresh).await;
     assert_eq!(
         client.post_json("/auth/login", &login_body).await.status,
         StatusCode::OK
