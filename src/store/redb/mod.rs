@@ -95,8 +95,9 @@ impl Handle {
 
 /// Shared by the readers and the writer; only the writer replaces it.
 ///
-/// `None` only when the file could be opened neither for writing nor for
-/// reading; the writer tries again at later writes.
+/// `None` while the writer swaps handles, and when the file could be opened
+/// neither for writing nor for reading (the writer tries again at later
+/// writes). A reader that finds it empty waits for the writer and reads again.
 pub(super) type Slot = RwLock<Option<Handle>>;
 
 /// A read transaction and the handle it reads from, kept open until the

@@ -121,12 +121,26 @@ enum Reopen {
 }
 
 /// Replaces the current handle: with a writable one if asked and the file
-/// can be written, else with a read-only view of its last commit. Readers
-/// wait for the swap (milliseconds) rather than fail.
+/// can be written, else with a read-only view of its last commit.
+///
+/// The slot is empty while the file is opened (milliseconds; a full repair
+/// of a large file can take seconds). Readers that find it empty queue an
+/// empty batch behind this swap and read again once it is done: they wait
+/// without holding an async worker.
 fn reopen(slot: &Slot, opener: &Opener, mode: Reopen) {
-    let Ok(mut guard) = slot.write() else { return };
-    let was_writable = matches!(*guard, Some(Handle::Writable(_)));
-    drop(guard.take());
+    let old = match slot.write() {
+        Ok(mut guard) => guard.take(),
+        Err(_) => return,
+    };
+    let was_writable = matches!(old, Some(Handle::Writable(_)));
+    drop(old);
+    let replacement = open_replacement(opener, mode, was_writable);
+    if let Ok(mut guard) = slot.write() {
+        *guard = replacement;
+    }
+}
+
+fn open_replacement(opener: &Opener, mode: Reopen, was_writable: bool) -> Option<Handle> {
     let deadline = Instant::now() + REOPEN_WAIT;
     if mode == Reopen::ForWriting {
         match open_once_released(deadline, || opener.writable()) {
@@ -134,13 +148,12 @@ fn reopen(slot: &Slot, opener: &Opener, mode: Reopen) {
                 if !was_writable {
                     tracing::warn!("the database file is open for writing again");
                 }
-                *guard = Some(Handle::Writable(Arc::new(db)));
-                return;
+                return Some(Handle::Writable(Arc::new(db)));
             }
             Err(e) => tracing::debug!(error = %e, "the database file still cannot be written"),
         }
     }
-    *guard = match open_once_released(deadline, || opener.read_only_view()) {
+    match open_once_released(deadline, || opener.read_only_view()) {
         Ok(db) => {
             if was_writable {
                 tracing::error!(
@@ -157,7 +170,7 @@ fn reopen(slot: &Slot, opener: &Opener, mode: Reopen) {
             );
             None
         }
-    };
+    }
 }
 
 /// Runs `open` until the previous handle has released the file (its last
