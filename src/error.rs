@@ -115,9 +115,14 @@ impl Error {
         }
     }
 
-    /// Whether this error should be logged with its cause (server-side faults).
+    /// Whether this error should be logged with its cause (server-side
+    /// faults), except lasting store conditions, which the store logs once.
     pub fn is_server_fault(&self) -> bool {
-        matches!(self, Error::Unavailable(_) | Error::Internal(_))
+        match self {
+            Error::Unavailable(cause) => !cause.is_lasting_condition(),
+            Error::Internal(_) => true,
+            _ => false,
+        }
     }
 }
 
@@ -136,5 +141,29 @@ impl std::error::Error for Error {}
 impl From<StoreError> for Error {
     fn from(err: StoreError) -> Self {
         Error::Unavailable(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lasting_store_conditions_are_not_logged_per_request() {
+        let lasting = [
+            StoreError::ReadOnly,
+            StoreError::DiskFull {
+                available: 1,
+                reserve: 2,
+            },
+        ];
+        for cause in lasting {
+            let error = Error::Unavailable(cause);
+            assert_eq!(error.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert!(!error.is_server_fault());
+        }
+        assert!(Error::Unavailable(StoreError::Io("EIO".into())).is_server_fault());
+        assert!(Error::Internal("bug".into()).is_server_fault());
+        assert!(!Error::InvalidCredentials.is_server_fault());
     }
 }

@@ -104,6 +104,9 @@ pub enum StoreError {
     Io(String),
     /// The data file system has less free space than the reserve.
     DiskFull { available: u64, reserve: u64 },
+    /// The file cannot be written (after a write error, or since start):
+    /// only reads are served until the writer can open it for writing.
+    ReadOnly,
     /// A record could not be decoded.
     Corrupt(String),
     /// The store is shutting down.
@@ -126,9 +129,24 @@ impl fmt::Display for StoreError {
                 available >> 20,
                 reserve >> 20
             ),
+            StoreError::ReadOnly => write!(
+                f,
+                "the database file cannot be written (a failing disk, a read-only mount or no permission): \
+                 only reads are served until it can"
+            ),
             StoreError::Corrupt(cause) => write!(f, "corrupt record: {cause}"),
             StoreError::Closed => write!(f, "the store is closed"),
         }
+    }
+}
+
+impl StoreError {
+    /// A lasting condition rather than a failure of this one operation: the
+    /// store logs when it starts and ends, so requests refused because of it
+    /// are not logged one by one (a log line per refused request would fill
+    /// a full disk faster).
+    pub fn is_lasting_condition(&self) -> bool {
+        matches!(self, StoreError::DiskFull { .. } | StoreError::ReadOnly)
     }
 }
 

@@ -692,15 +692,25 @@ async fn a_real_full_file_system_keeps_reads_and_recovers() {
         health.body,
         json!({ "status": "degraded", "writes": "failing" })
     );
-    assert!(
-        server
-            .log
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|line| line.contains("No space left on device")),
-        "the kernel's error reached the writer"
-    );
+    for _ in 0..50 {
+        client
+            .post_json("/auth/login", &login_body)
+            .await
+            .assert_error(503, "unavailable");
+    }
+    {
+        let log = server.log.lock().unwrap();
+        let count = |text: &str| log.iter().filter(|line| line.contains(text)).count();
+        assert!(
+            count("No space left on device") > 0,
+            "the kernel's error reached the writer"
+        );
+        assert_eq!(count("serving reads from its last commit"), 1, "{log:#?}");
+        assert!(
+            count("request failed") <= 5,
+            "refusals while read-only are not logged one by one: {log:#?}"
+        );
+    }
 
     std::fs::remove_file(filler).unwrap();
     let recovered = refresh_once_writable(client, &rotated.refresh).await;

@@ -61,6 +61,7 @@ pub(super) fn run_writer(
 ) {
     let mut batch: Vec<Box<dyn WriteJob>> = Vec::with_capacity(MAX_BATCH);
     let mut last_reopen: Option<Instant> = None;
+    let mut paused_for_space = false;
     while let Some(first) = queue.blocking_recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -79,16 +80,25 @@ pub(super) fn run_writer(
         }
         let committed = space.check().and_then(|()| match &writable {
             Some(db) => commit_batch(db, &mut batch),
-            None => Err(StoreError::Io(
-                "the database file cannot be written; only reads are served".into(),
-            )),
+            None => Err(StoreError::ReadOnly),
         });
         match &committed {
-            Err(e) if writable.is_some() => {
-                tracing::error!(error = %e, operations = batch.len(), "write batch failed");
+            Err(e @ StoreError::DiskFull { .. }) => {
+                if !paused_for_space {
+                    tracing::warn!(error = %e, "writes paused: 503 until space is freed");
+                }
+                paused_for_space = true;
             }
-            Err(e) => tracing::debug!(error = %e, operations = batch.len(), "write batch refused"),
-            Ok(()) => {}
+            Err(StoreError::ReadOnly) => {
+                tracing::debug!(operations = batch.len(), "write batch refused: read-only")
+            }
+            Err(e) => tracing::error!(error = %e, operations = batch.len(), "write batch failed"),
+            Ok(()) => {
+                if paused_for_space {
+                    tracing::warn!("free space is back: writes resumed");
+                }
+                paused_for_space = false;
+            }
         }
         // After an I/O error redb refuses every later read and write on that
         // handle. Swap it for a read-only view before answering, so that reads
