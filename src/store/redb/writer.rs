@@ -1,5 +1,7 @@
 //! The writer thread: drains the queue of write operations and applies each
-//! batch in one durable transaction (group commit).
+//! batch in one durable transaction (group commit). It alone replaces the
+//! database handle: for a read-only view when a write fails at the file, and
+//! for a writable handle again, tried at most once a second, once it can.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
