@@ -193,14 +193,35 @@ impl RedbStore {
         })
     }
 
-    /// Has the writer replace a dead handle (one that saw an I/O error).
+    /// Sends an empty batch through the writer, which first deals with the
+    /// handle: a dead one (it saw an I/O error) fails the batch and is
+    /// swapped before the answer; while only reads are served, the file is
+    /// tried for writing if the last try was over a second ago. The answer
+    /// says whether the batch committed.
+    async fn empty_batch(&self) -> StoreResult<()> {
+        self.write(|_| Ok(())).await
+    }
+
+    /// Runs `attempt`, and once more if it met a dead handle (one that saw an
+    /// I/O error, or none during a swap), after the writer has replaced it.
     /// The writer replaces a handle whose commit failed, but a read can see
     /// the failure a moment before the swap, and a failed read kills a
-    /// handle without the writer knowing. An empty batch fails on the dead
-    /// handle and the writer swaps it before answering (or refuses at once
-    /// if it tried the file less than a second ago).
-    async fn replace_dead_handle(&self) {
-        let _ = self.write(|_| Ok(())).await;
+    /// handle without the writer knowing.
+    async fn retry_on_dead_handle<T, Attempt>(
+        &self,
+        attempt: impl Fn() -> Attempt,
+    ) -> StoreResult<T>
+    where
+        Attempt: std::future::Future<Output = StoreResult<T>>,
+    {
+        match attempt().await {
+            Err(StoreError::Io(_)) => {
+                // Boxed: the rare path must not grow every read's future.
+                let _ = Box::pin(self.empty_batch()).await;
+                attempt().await
+            }
+            other => other,
+        }
     }
 
     /// Whether the current handle accepts writes.
@@ -234,21 +255,15 @@ impl RedbStore {
         F: Fn(&ReadTransaction) -> StoreResult<T> + Send + Sync + 'static,
     {
         let operation = Arc::new(operation);
-        let read_once = |operation: Arc<F>| {
-            let slot = Arc::clone(&self.slot);
+        self.retry_on_dead_handle(|| {
+            let (operation, slot) = (Arc::clone(&operation), Arc::clone(&self.slot));
             async move {
                 tokio::task::spawn_blocking(move || operation(&Self::snapshot(&slot)?.txn))
                     .await
                     .map_err(|e| StoreError::Backend(format!("read task failed: {e}")))?
             }
-        };
-        match read_once(Arc::clone(&operation)).await {
-            Err(StoreError::Io(_)) => {
-                self.replace_dead_handle().await;
-                read_once(operation).await
-            }
-            other => other,
-        }
+        })
+        .await
     }
 }
 
@@ -402,14 +417,12 @@ impl Store for RedbStore {
         // read snapshot takes ~1-2 µs from redb's cache, several times less
         // than a hop to the blocking pool, and this is the hot path of every
         // access-token check. A read never waits for the writer.
-        match Self::snapshot(&self.slot).and_then(|snapshot| read_session(&snapshot.txn, id)) {
-            Err(StoreError::Io(_)) => {
-                // Boxed: the rare path must not grow every lookup's future.
-                Box::pin(self.replace_dead_handle()).await;
-                read_session(&Self::snapshot(&self.slot)?.txn, id)
-            }
-            other => other,
-        }
+        self.retry_on_dead_handle(|| {
+            std::future::ready(
+                Self::snapshot(&self.slot).and_then(|snapshot| read_session(&snapshot.txn, id)),
+            )
+        })
+        .await
     }
 
     async fn refresh_session(
@@ -505,8 +518,7 @@ impl Store for RedbStore {
         if self.is_writable() {
             return Ok(());
         }
-        // An empty batch: the writer tries the file again before it, if due.
-        self.write(|_| Ok(())).await
+        self.empty_batch().await
     }
 
     async fn ping(&self) -> StoreResult<()> {
