@@ -3,14 +3,14 @@
 //! created. Nothing global: the server and the tests receive an `Arc<App>`.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use crate::auth::Auth;
+use crate::auth::{Auth, AuthPolicy};
+use crate::clock::Clock;
 use crate::config::ServeConfig;
 use crate::error::Error;
 use crate::passwords::{Password, Passwords};
-use crate::session::Millis;
-use crate::store::redb::{RedbStore, StorageFaults};
+use crate::store::redb::RedbStore;
 use crate::store::space::SpaceGuard;
 use crate::store::Store;
 use crate::tokens::TokenKeys;
@@ -23,15 +23,9 @@ pub struct App {
     pub config: ServeConfig,
     /// The free-space guard of the data file system.
     pub space: Arc<SpaceGuard>,
-    /// Storage fault injection (tests make writes fail with it).
-    pub storage_faults: Arc<StorageFaults>,
-}
-
-/// Wall-clock time in milliseconds since the Unix epoch.
-pub fn now_millis() -> Millis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    /// Fault injection for this app's store, hasher and throttle (test builds only).
+    #[cfg(feature = "test-hooks")]
+    pub hooks: Arc<crate::test_hooks::TestHooks>,
 }
 
 impl App {
@@ -43,33 +37,41 @@ impl App {
         let (path, cache_bytes) = (config.data.clone(), config.cache_bytes);
         let space = Arc::new(SpaceGuard::new(&config.data, config.min_free_bytes));
         let store_space = Arc::clone(&space);
-        let faults = Arc::new(StorageFaults::default());
-        let store_faults = Arc::clone(&faults);
+        #[cfg(feature = "test-hooks")]
+        let hooks = Arc::new(crate::test_hooks::TestHooks::default());
+        #[cfg(feature = "test-hooks")]
+        let store_hooks = Arc::clone(&hooks);
         let store = tokio::task::spawn_blocking(move || {
-            RedbStore::open(&path, cache_bytes, store_space, store_faults)
+            #[cfg(feature = "test-hooks")]
+            return RedbStore::open_with_hooks(&path, cache_bytes, store_space, store_hooks);
+            #[cfg(not(feature = "test-hooks"))]
+            RedbStore::open(&path, cache_bytes, store_space)
         })
         .await??;
         let store: Arc<dyn Store> = Arc::new(store);
         let passwords = Passwords::new(config.argon2, config.hash_workers, config.hash_queue)?;
+        #[cfg(feature = "test-hooks")]
+        passwords.install_hooks(Arc::clone(&hooks));
         let throttle = config.throttle.map(crate::throttle::Throttle::new);
+        #[cfg(feature = "test-hooks")]
+        let throttle = throttle.map(|t| t.with_hooks(Arc::clone(&hooks)));
+        let policy = AuthPolicy {
+            lifetimes: config.lifetimes,
+            type_roles: config.type_roles.clone(),
+            max_sessions_per_user: config.max_sessions_per_user,
+        };
         let auth = Auth::new(
             store,
             TokenKeys::new(&config.secret),
             passwords,
-            config.lifetimes,
-            config.type_roles.clone(),
+            policy,
             throttle,
+            Clock::default(),
         );
         for seed in &config.seed_users {
             let password = Password::new(seed.password.clone());
             match auth
-                .add_user(
-                    &seed.email,
-                    &seed.name,
-                    seed.role_id,
-                    password,
-                    now_millis(),
-                )
+                .add_user(&seed.email, &seed.name, seed.role_id, password)
                 .await?
             {
                 Some(user) => tracing::info!(user_id = user.id, email = %user.email, "seeded user"),
@@ -82,7 +84,8 @@ impl App {
             auth,
             config,
             space,
-            storage_faults: faults,
+            #[cfg(feature = "test-hooks")]
+            hooks,
         }))
     }
 
@@ -93,7 +96,7 @@ impl App {
             let removed = self
                 .auth
                 .store()
-                .sweep_expired_sessions(now_millis(), SWEEP_BATCH)
+                .sweep_expired_sessions(self.auth.clock().now_millis(), SWEEP_BATCH)
                 .await?;
             total += removed;
             if removed < SWEEP_BATCH {

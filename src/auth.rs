@@ -1,16 +1,18 @@
 //! The use cases: login, refresh, profile, logout, and adding users.
 //!
 //! No HTTP here: inputs are already-parsed values, outputs are domain values
-//! or [`Error`]. Every method takes `now` (milliseconds) so tests can drive
-//! time; the session rules themselves live in [`crate::session`].
+//! or [`Error`]. Time comes from the process [`Clock`], read where each
+//! decision is taken; the session rules themselves live in
+//! [`crate::session`].
 
 use std::sync::Arc;
 
+use crate::clock::Clock;
 use crate::config::{Lifetimes, TypeRoles, MAX_PASSWORD_BYTES};
 use crate::error::Error;
 use crate::passwords::{Password, Passwords};
 use crate::session::{Millis, RefreshDecision, RotationPolicy, Session, SessionId, TokenId};
-use crate::store::{LogoutScope, NewUser, RefreshOutcome, Store, User};
+use crate::store::{GlobalLogout, LogoutScope, NewUser, RefreshOutcome, Store, User};
 use crate::throttle::Throttle;
 use crate::tokens::{Profile, TokenKeys, TokenType};
 
@@ -33,14 +35,25 @@ pub struct LoginAttempt {
     pub client_address: Option<std::net::IpAddr>,
 }
 
+/// Settings of the use cases, beside the lifetimes.
+#[derive(Debug, Clone)]
+pub struct AuthPolicy {
+    pub lifetimes: Lifetimes,
+    pub type_roles: TypeRoles,
+    /// Most live sessions per user; a login past it revokes the oldest.
+    pub max_sessions_per_user: usize,
+}
+
 pub struct Auth {
     store: Arc<dyn Store>,
     keys: TokenKeys,
     passwords: Arc<Passwords>,
     lifetimes: Lifetimes,
     type_roles: TypeRoles,
+    max_sessions_per_user: usize,
     /// `None` when throttling is turned off.
     throttle: Option<Throttle>,
+    clock: Clock,
 }
 
 fn profile_of(user: &User) -> Profile {
@@ -57,17 +70,19 @@ impl Auth {
         store: Arc<dyn Store>,
         keys: TokenKeys,
         passwords: Passwords,
-        lifetimes: Lifetimes,
-        type_roles: TypeRoles,
+        policy: AuthPolicy,
         throttle: Option<Throttle>,
+        clock: Clock,
     ) -> Self {
         Auth {
             store,
             keys,
             passwords: Arc::new(passwords),
-            lifetimes,
-            type_roles,
+            lifetimes: policy.lifetimes,
+            type_roles: policy.type_roles,
+            max_sessions_per_user: policy.max_sessions_per_user,
             throttle,
+            clock,
         }
     }
 
@@ -75,7 +90,18 @@ impl Auth {
         &self.store
     }
 
-    pub async fn login(&self, attempt: LoginAttempt, now: Millis) -> Result<TokenPair, Error> {
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    fn rotation_policy(&self) -> RotationPolicy {
+        RotationPolicy {
+            refresh_ttl: self.lifetimes.refresh_ttl,
+            reuse_grace: self.lifetimes.reuse_grace,
+        }
+    }
+
+    pub async fn login(&self, attempt: LoginAttempt) -> Result<TokenPair, Error> {
         let email = crate::config::normalize_email(&attempt.email)
             .ok_or_else(|| Error::InvalidRequest("email is not a valid email address".into()))?;
         if attempt.password.as_str().is_empty() {
@@ -95,52 +121,64 @@ impl Auth {
                 ))
             })?),
         };
-
-        // Throttled attempts are refused before any hashing; the attempt
-        // counts as in flight until this function returns.
-        let _attempt = match &self.throttle {
-            Some(throttle) => Some(
-                throttle
-                    .begin(&email, attempt.client_address, std::time::Instant::now())
-                    .map_err(|blocked| Error::RateLimited {
-                        retry_after_secs: blocked.retry_after.as_secs_f64().ceil() as u64,
-                    })?,
-            ),
-            None => None,
-        };
-        let user = self.store.user_by_email(&email).await?;
-        let verification = self
-            .passwords
-            .verify(
-                attempt.password.clone(),
-                user.as_ref().map(|u| u.password_hash.as_str()),
-            )
+        let user = self
+            .check_password(&email, attempt.password.clone(), attempt.client_address)
             .await?;
-        // The password is checked before the role: a 403 must not reveal
-        // that an email exists to someone who does not know its password.
-        let user = match user {
-            Some(user) if verification.matches => user,
-            _ => {
-                if let Some(throttle) = &self.throttle {
-                    throttle.record_failure(
-                        &email,
-                        attempt.client_address,
-                        std::time::Instant::now(),
-                    );
-                }
-                return Err(Error::InvalidCredentials);
-            }
-        };
-        if let Some(throttle) = &self.throttle {
-            throttle.record_success(&email);
-        }
         if allowed_roles.is_some_and(|roles| !roles.contains(&user.role_id)) {
             return Err(Error::RoleNotAllowed);
         }
-        if verification.needs_rehash {
-            self.upgrade_hash_in_background(&user, attempt.password);
-        }
+        self.start_session(&user).await
+    }
 
+    /// The user whose password this is, under the throttle: a throttled
+    /// attempt is refused before any hashing, and the result counts for the
+    /// account and the address. The password is checked before anything
+    /// else is said about the account (its role), so a 403 never reveals
+    /// that an email exists to someone who does not know its password.
+    async fn check_password(
+        &self,
+        email: &str,
+        password: Password,
+        client_address: Option<std::net::IpAddr>,
+    ) -> Result<User, Error> {
+        let attempt = match &self.throttle {
+            Some(throttle) => Some(throttle.begin(email, client_address).await.map_err(
+                |blocked| Error::RateLimited {
+                    retry_after_secs: blocked.retry_after.as_secs_f64().ceil().max(1.0) as u64,
+                },
+            )?),
+            None => None,
+        };
+        let user = self.store.user_by_email(email).await?;
+        let verification = self
+            .passwords
+            .verify(
+                password.clone(),
+                user.as_ref().map(|u| u.password_hash.as_str()),
+            )
+            .await?;
+        match user {
+            Some(user) if verification.matches => {
+                if let Some(attempt) = attempt {
+                    attempt.succeeded();
+                }
+                if verification.needs_rehash {
+                    self.upgrade_hash_in_background(&user, password);
+                }
+                Ok(user)
+            }
+            _ => {
+                if let Some(attempt) = attempt {
+                    attempt.failed();
+                }
+                Err(Error::InvalidCredentials)
+            }
+        }
+    }
+
+    /// Starts a session for `user` and issues its first tokens.
+    async fn start_session(&self, user: &User) -> Result<TokenPair, Error> {
+        let now = self.clock.now_millis();
         let session_id = SessionId::generate(now);
         let session = Session::start(
             user.id,
@@ -149,23 +187,58 @@ impl Auth {
             self.lifetimes.refresh_ttl,
             TokenId::generate(),
         );
-        self.store.create_session(session_id, &session).await?;
-        self.token_pair(&user, session_id, &session, now)
+        let capped = self
+            .store
+            .create_session(session_id, &session, self.max_sessions_per_user)
+            .await?;
+        if capped > 0 {
+            tracing::info!(
+                user_id = user.id,
+                revoked = capped,
+                "session cap reached; revoked the oldest sessions"
+            );
+        }
+        self.token_pair(user, session_id, &session)
     }
 
-    pub async fn refresh(&self, refresh_token: &str, now: Millis) -> Result<TokenPair, Error> {
-        let verified = self.keys.verify(refresh_token, TokenType::Refresh)?;
-        let policy = RotationPolicy {
-            refresh_ttl: self.lifetimes.refresh_ttl,
-            reuse_grace: self.lifetimes.reuse_grace,
+    pub async fn refresh(&self, refresh_token: &str) -> Result<TokenPair, Error> {
+        let verified =
+            self.keys
+                .verify(refresh_token, TokenType::Refresh, self.clock.now_secs())?;
+        let policy = self.rotation_policy();
+        // A refresh that changes nothing (a revoked or expired session, an
+        // unknown one, a replay within the grace window) is answered from a
+        // read, without waiting for a commit: a flood of one dead token
+        // costs no disk bandwidth. Only a rotation or a first reuse goes to
+        // the writer, which decides again at the time it applies it.
+        let session = self
+            .store
+            .session(verified.session_id)
+            .await?
+            .filter(|s| s.user_id == verified.user_id);
+        let Some(session) = session else {
+            return Err(self.unknown_session_error(verified.user_id).await?);
         };
+        match session.decide(verified.token_id, self.clock.now_millis(), policy) {
+            RefreshDecision::Revoked => return Err(Error::SessionRevoked),
+            RefreshDecision::Expired => return Err(Error::TokenExpired),
+            RefreshDecision::GraceReplay => {
+                let user = self
+                    .store
+                    .user(verified.user_id)
+                    .await?
+                    .ok_or(Error::UserNotFound)?;
+                return self.token_pair(&user, verified.session_id, &session);
+            }
+            RefreshDecision::Rotated | RefreshDecision::Reused => {}
+        }
         let outcome = self
             .store
             .refresh_session(
                 verified.session_id,
                 verified.user_id,
                 verified.token_id,
-                now,
+                &self.clock,
                 policy,
                 TokenId::generate(),
             )
@@ -179,7 +252,7 @@ impl Auth {
                 user,
             } => match decision {
                 RefreshDecision::Rotated | RefreshDecision::GraceReplay => {
-                    self.token_pair(&user, verified.session_id, &session, now)
+                    self.token_pair(&user, verified.session_id, &session)
                 }
                 RefreshDecision::Reused => {
                     tracing::warn!(user_id = user.id, session = ?verified.session_id, "refresh token reuse detected; session revoked");
@@ -191,11 +264,22 @@ impl Auth {
         }
     }
 
+    /// What a token of a session that does not exist is told: the user is
+    /// gone (404), or the session is unknown (401).
+    async fn unknown_session_error(&self, user_id: u64) -> Result<Error, Error> {
+        Ok(match self.store.user(user_id).await? {
+            None => Error::UserNotFound,
+            Some(_) => Error::InvalidToken("unknown session"),
+        })
+    }
+
     /// The profile carried by an access token whose session is still live.
     /// The profile comes from the token: a user's sessions are deleted with
     /// the user, so a live session implies its user exists.
-    pub async fn profile(&self, access_token: &str, now: Millis) -> Result<Profile, Error> {
-        let verified = self.keys.verify(access_token, TokenType::Access)?;
+    pub async fn profile(&self, access_token: &str) -> Result<Profile, Error> {
+        let verified = self
+            .keys
+            .verify(access_token, TokenType::Access, self.clock.now_secs())?;
         let session = self.store.session(verified.session_id).await?;
         let session = session
             .filter(|s| s.user_id == verified.user_id)
@@ -203,7 +287,7 @@ impl Auth {
         if session.revoked {
             return Err(Error::SessionRevoked);
         }
-        if !session.is_live(now) {
+        if !session.is_live(self.clock.now_millis()) {
             return Err(Error::TokenExpired);
         }
         verified
@@ -212,22 +296,67 @@ impl Auth {
             .ok_or(Error::InvalidToken("malformed profile"))
     }
 
-    /// Revokes the token's session (or all of its user's sessions). A token of
-    /// a session that is already revoked or gone is accepted quietly and
-    /// changes nothing.
-    pub async fn logout(
-        &self,
-        refresh_token: &str,
-        scope: LogoutScope,
-        now: Millis,
-    ) -> Result<(), Error> {
-        let verified = self.keys.verify(refresh_token, TokenType::Refresh)?;
-        let revoked = self
-            .store
-            .logout(verified.session_id, verified.user_id, scope, now)
-            .await?;
-        tracing::info!(user_id = verified.user_id, ?scope, revoked, "logout");
-        Ok(())
+    /// Logs out. `local` revokes the token's session, and accepts quietly
+    /// (changing nothing) a token of a session that is already revoked or
+    /// gone. `global` revokes every session of the user, but only for a
+    /// token that refresh would accept now; a stale or revoked token gets
+    /// the answer refresh would give, and ends at most its own session (as
+    /// reuse detection does), so an old token from a backup or a log cannot
+    /// log a user out everywhere.
+    pub async fn logout(&self, refresh_token: &str, scope: LogoutScope) -> Result<(), Error> {
+        let verified =
+            self.keys
+                .verify(refresh_token, TokenType::Refresh, self.clock.now_secs())?;
+        match scope {
+            LogoutScope::Local => {
+                let revoked = self
+                    .store
+                    .revoke_session(
+                        verified.session_id,
+                        verified.user_id,
+                        self.clock.now_millis(),
+                    )
+                    .await?;
+                tracing::info!(
+                    user_id = verified.user_id,
+                    scope = "local",
+                    revoked = usize::from(revoked),
+                    "logout"
+                );
+                Ok(())
+            }
+            LogoutScope::Global => {
+                let outcome = self
+                    .store
+                    .logout_everywhere(
+                        verified.session_id,
+                        verified.user_id,
+                        verified.token_id,
+                        &self.clock,
+                        self.rotation_policy(),
+                    )
+                    .await?;
+                match outcome {
+                    GlobalLogout::Done { revoked } => {
+                        tracing::info!(
+                            user_id = verified.user_id,
+                            scope = "global",
+                            revoked,
+                            "logout"
+                        );
+                        Ok(())
+                    }
+                    GlobalLogout::UserGone => Err(Error::UserNotFound),
+                    GlobalLogout::UnknownSession => Err(Error::InvalidToken("unknown session")),
+                    GlobalLogout::Refused(RefreshDecision::Reused) => {
+                        tracing::warn!(user_id = verified.user_id, session = ?verified.session_id, "global logout with a rotated refresh token: treated as reuse, session revoked");
+                        Err(Error::TokenReused)
+                    }
+                    GlobalLogout::Refused(RefreshDecision::Expired) => Err(Error::TokenExpired),
+                    GlobalLogout::Refused(_) => Err(Error::SessionRevoked),
+                }
+            }
+        }
     }
 
     /// Creates a user unless the email is taken; `Ok(None)` when it is.
@@ -237,7 +366,6 @@ impl Auth {
         name: &str,
         role_id: i64,
         password: Password,
-        now: Millis,
     ) -> Result<Option<User>, Error> {
         create_user(
             self.store.as_ref(),
@@ -246,7 +374,7 @@ impl Auth {
             name,
             role_id,
             password,
-            now,
+            self.clock.now_millis(),
         )
         .await
     }
@@ -256,14 +384,13 @@ impl Auth {
         user: &User,
         session_id: SessionId,
         session: &Session,
-        now: Millis,
     ) -> Result<TokenPair, Error> {
         let access_ttl = self.lifetimes.access_ttl.as_secs();
         Ok(TokenPair {
             access_token: self.keys.access_token(
                 profile_of(user),
                 session_id,
-                now / 1000,
+                self.clock.now_secs(),
                 access_ttl,
             )?,
             refresh_token: self

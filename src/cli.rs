@@ -141,7 +141,7 @@ pub struct BenchArgs {
     pub role: i64,
 
     /// Print one JSON object instead of text.
-    #[arg(long)]
+    #[arg(long, env = "LATCHKEY_JSON")]
     pub json: bool,
 
     /// Refresh tokens (one per line) to start the chains from, instead of logging in.
@@ -151,7 +151,7 @@ pub struct BenchArgs {
 
     /// Fill the database at --data (server stopped) with --users users and
     /// --sessions sessions, instead of loading a server.
-    #[arg(long)]
+    #[arg(long, env = "LATCHKEY_POPULATE")]
     pub populate: bool,
 
     /// With --populate: how many sessions to create, spread over the users.
@@ -227,8 +227,15 @@ pub struct ServeArgs {
 
     /// Create a user at start if its email is not taken yet, as
     /// `EMAIL:ROLE:NAME:PASSWORD` (the password is everything after the third colon). Repeatable.
+    /// For local development only: the command line is readable by every local user.
     #[arg(long, env = "LATCHKEY_SEED_USER", hide_env_values = true)]
     pub seed_user: Vec<String>,
+
+    /// File of users to create at start, one `EMAIL:ROLE:NAME:PASSWORD` a line
+    /// (blank lines and lines starting with `#` are skipped). Refused when
+    /// other users may read it, like the secret file.
+    #[arg(long, env = "LATCHKEY_SEED_USERS_FILE")]
+    pub seed_users_file: Option<PathBuf>,
 
     /// How many password hashes may run at once (default: the number of cores).
     #[arg(long, env = "LATCHKEY_HASH_WORKERS")]
@@ -262,12 +269,23 @@ pub struct ServeArgs {
     #[arg(long, env = "LATCHKEY_THROTTLE_CAPACITY", default_value_t = 100_000)]
     pub throttle_capacity: usize,
 
+    /// IPv6 clients are throttled by network: the prefix length (IPv4 clients by address).
+    #[arg(long, env = "LATCHKEY_THROTTLE_IPV6_PREFIX", default_value_t = 64,
+          value_parser = clap::value_parser!(u8).range(0..=128))]
+    pub throttle_ipv6_prefix: u8,
+
+    /// Most live sessions per user; a login past it revokes that user's oldest session.
+    #[arg(long, env = "LATCHKEY_MAX_SESSIONS_PER_USER", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_sessions_per_user: u64,
+
     /// Proxy addresses (CIDR) allowed to set the client address with
     /// X-Forwarded-For; repeatable or comma-separated. Other peers' headers are ignored.
     #[arg(long, env = "LATCHKEY_TRUSTED_PROXY", value_delimiter = ',')]
     pub trusted_proxy: Vec<String>,
 
-    /// Most open client connections; past it the longest-idle connection is closed.
+    /// Most open client connections; past it the oldest idle connection is
+    /// closed to admit a new one (a new one is refused while all are busy).
     #[arg(long, env = "LATCHKEY_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
 
@@ -304,7 +322,7 @@ pub enum UserCommand {
     /// List users (no password hashes are printed).
     List {
         /// Print one JSON object per line instead of a table.
-        #[arg(long)]
+        #[arg(long, env = "LATCHKEY_JSON")]
         json: bool,
     },
     /// Remove a user and revoke all of their sessions.

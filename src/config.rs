@@ -328,6 +328,8 @@ pub struct ServeConfig {
     pub throttle: Option<crate::throttle::ThrottlePolicy>,
     pub trusted_proxies: Vec<Cidr>,
     pub max_connections: usize,
+    /// Most live sessions per user.
+    pub max_sessions_per_user: usize,
     pub header_timeout: Duration,
     pub body_timeout: Duration,
 }
@@ -370,6 +372,7 @@ impl ServeConfig {
                 base_delay: parse_duration(&args.throttle_base_delay)?,
                 max_delay: parse_duration(&args.throttle_max_delay)?,
                 capacity: args.throttle_capacity.max(2),
+                ipv6_prefix: args.throttle_ipv6_prefix,
                 ..crate::throttle::ThrottlePolicy::default()
             })
         };
@@ -393,11 +396,7 @@ impl ServeConfig {
             argon2: Argon2Costs::from_args(common)?,
             hash_workers,
             hash_queue: args.hash_queue,
-            seed_users: args
-                .seed_user
-                .iter()
-                .map(|s| parse_seed_user(s))
-                .collect::<Result<_, _>>()?,
+            seed_users: seed_users(args)?,
             sweep_interval,
             shutdown_timeout: parse_duration(&args.shutdown_timeout)?,
             throttle,
@@ -408,10 +407,73 @@ impl ServeConfig {
                 .map(|t| Cidr::parse(t))
                 .collect::<Result<_, _>>()?,
             max_connections: args.max_connections,
+            max_sessions_per_user: usize::try_from(args.max_sessions_per_user)
+                .unwrap_or(usize::MAX),
             header_timeout,
             body_timeout,
         })
     }
+}
+
+/// Seed users from `--seed-user` and from `--seed-users-file`.
+fn seed_users(args: &ServeArgs) -> Result<Vec<SeedUser>, ConfigError> {
+    let mut users = args
+        .seed_user
+        .iter()
+        .map(|s| parse_seed_user(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(path) = &args.seed_users_file {
+        refuse_if_readable_by_others(path, "--seed-users-file", args.secret.insecure_secret_file)?;
+        let text = fs::read_to_string(path).map_err(|e| {
+            ConfigError(format!(
+                "cannot read --seed-users-file {}: {e}",
+                path.display()
+            ))
+        })?;
+        for (number, line) in text.lines().enumerate() {
+            let line = line.strip_suffix('\r').unwrap_or(line);
+            if line.trim().is_empty() || line.trim_start().starts_with('#') {
+                continue;
+            }
+            let user = parse_seed_user(line).map_err(|e| {
+                ConfigError(format!(
+                    "--seed-users-file {} line {}: {e}",
+                    path.display(),
+                    number + 1
+                ))
+            })?;
+            users.push(user);
+        }
+    }
+    Ok(users)
+}
+
+/// Refuses a file holding secrets (signing secret, passwords) that users
+/// other than its owner may read, unless `insecure` (then it only warns):
+/// anyone who can read it can mint tokens or log in as its users, and a
+/// start-up error is noticed where a warning scrolls by.
+pub fn refuse_if_readable_by_others(
+    path: &Path,
+    what: &str,
+    insecure: bool,
+) -> Result<(), ConfigError> {
+    let Ok(metadata) = fs::metadata(path) else {
+        return Ok(());
+    };
+    let mode = metadata.permissions().mode() & 0o777;
+    if mode & 0o077 == 0 {
+        return Ok(());
+    }
+    if insecure {
+        tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "{what} is accessible to other users (allowed by --insecure-secret-file)");
+        return Ok(());
+    }
+    err(format!(
+        "{what} {} is accessible to other users (mode {mode:o}); run `chmod 600 {}`, \
+         or pass --insecure-secret-file to accept it",
+        path.display(),
+        path.display()
+    ))
 }
 
 /// The signing secret: `--secret`, else `--secret-file`, else the one
@@ -421,24 +483,8 @@ impl ServeConfig {
 /// `--insecure-secret-file`: anyone who can read it can mint tokens for any
 /// user, and a start-up error is noticed where a warning scrolls by.
 pub fn resolve_secret(data: &Path, args: &crate::cli::SecretArgs) -> Result<Secret, ConfigError> {
-    let check = |path: &Path| -> Result<(), ConfigError> {
-        let Ok(metadata) = fs::metadata(path) else {
-            return Ok(());
-        };
-        let mode = metadata.permissions().mode() & 0o777;
-        if mode & 0o077 == 0 {
-            return Ok(());
-        }
-        if args.insecure_secret_file {
-            tracing::warn!(path = %path.display(), "the secret file is accessible to other users (allowed by --insecure-secret-file)");
-            return Ok(());
-        }
-        err(format!(
-            "the secret file {} is accessible to other users (mode {mode:o}); run `chmod 600 {}`, \
-             or pass --insecure-secret-file to accept it",
-            path.display(),
-            path.display()
-        ))
+    let check = |path: &Path| {
+        refuse_if_readable_by_others(path, "the secret file", args.insecure_secret_file)
     };
     match (&args.secret, &args.secret_file) {
         (Some(text), _) => Secret::new(text.as_bytes().to_vec()),

@@ -26,6 +26,7 @@ pub mod app;
 pub mod auth;
 pub mod bench;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod http;
@@ -33,5 +34,7 @@ pub mod passwords;
 pub mod server;
 pub mod session;
 pub mod store;
+#[cfg(feature = "test-hooks")]
+pub mod test_hooks;
 pub mod throttle;
 pub mod tokens;

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use clap::Parser;
 use tokio::net::TcpListener;
 
-use latchkey::app::{now_millis, App};
+use latchkey::app::App;
 use latchkey::cli::{Cli, Command, CommonArgs, ServeArgs, UserCommand};
+use latchkey::clock::system_millis;
 use latchkey::config::{self, Argon2Costs, ServeConfig};
 use latchkey::passwords::{Password, Passwords};
 use latchkey::store::redb::RedbStore;
@@ -98,10 +99,7 @@ async fn open_store(common: &CommonArgs) -> Result<RedbStore, BoxError> {
         &common.data,
         common.min_free_mb.saturating_mul(1024 * 1024),
     ));
-    Ok(tokio::task::spawn_blocking(move || {
-        RedbStore::open(&path, cache_bytes, space, Arc::default())
-    })
-    .await??)
+    Ok(tokio::task::spawn_blocking(move || RedbStore::open(&path, cache_bytes, space)).await??)
 }
 
 async fn user_command(common: &CommonArgs, command: UserCommand) -> Result<(), BoxError> {
@@ -122,7 +120,7 @@ async fn user_command(common: &CommonArgs, command: UserCommand) -> Result<(), B
                 &name,
                 role,
                 password,
-                now_millis(),
+                system_millis(),
             )
             .await?;
             match created {

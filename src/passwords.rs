@@ -15,7 +15,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use argon2::password_hash::phc::{Output, ParamsString, PasswordHash, Salt};
@@ -84,6 +84,28 @@ struct Queue {
     work_available: Condvar,
     /// Most jobs admitted at once: running (at most one per worker) plus waiting.
     admit_limit: usize,
+    #[cfg(feature = "test-hooks")]
+    hooks: std::sync::OnceLock<Arc<crate::test_hooks::TestHooks>>,
+}
+
+impl Queue {
+    /// The state, also after a panic elsewhere while it was locked: every
+    /// update under this lock is a single push, pop or count, so it cannot
+    /// be left half done.
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One admitted job's place in the queue; dropping it (also while a panic
+/// unwinds) gives the place back.
+struct Admitted<'a>(&'a Queue);
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.admitted = state.admitted.saturating_sub(1);
+    }
 }
 
 struct QueueState {
@@ -120,12 +142,14 @@ impl Passwords {
             state: Mutex::new(state),
             work_available: Condvar::new(),
             admit_limit: workers + queue,
+            #[cfg(feature = "test-hooks")]
+            hooks: std::sync::OnceLock::new(),
         });
         for index in 0..workers {
             let (queue, params) = (Arc::clone(&queue), params.clone());
             std::thread::Builder::new()
                 .name(format!("latchkey-hash-{index}"))
-                .spawn(move || run_worker(&queue, &params))
+                .spawn(move || run_worker_replacing_after_panics(&queue, &params))
                 .map_err(|e| ConfigError(format!("cannot start a hashing thread: {e}")))?;
         }
         Ok(Passwords {
@@ -168,13 +192,15 @@ impl Passwords {
         })
     }
 
+    /// Shares the app's test hooks with the workers (test builds only).
+    #[cfg(feature = "test-hooks")]
+    pub fn install_hooks(&self, hooks: Arc<crate::test_hooks::TestHooks>) {
+        let _ = self.queue.hooks.set(hooks);
+    }
+
     /// Admits a job unless `workers + queue` jobs are already admitted.
     fn submit(&self, job: Job) -> Result<(), Error> {
-        let mut state = self
-            .queue
-            .state
-            .lock()
-            .map_err(|_| Error::Internal("hashing queue poisoned".into()))?;
+        let mut state = self.queue.lock();
         if state.admitted >= self.queue.admit_limit {
             return Err(Error::Overloaded);
         }
@@ -188,10 +214,20 @@ impl Passwords {
 
 impl Drop for Passwords {
     fn drop(&mut self) {
-        if let Ok(mut state) = self.queue.state.lock() {
-            state.closed = true;
-        }
+        self.queue.lock().closed = true;
         self.queue.work_available.notify_all();
+    }
+}
+
+/// Runs a worker; if it panics (a bug in hashing), a fresh one takes its
+/// place on the same thread, with a new buffer. The job it was running is
+/// answered with an internal error (its reply is dropped) and its queue
+/// place is given back, so the pool never shrinks and never leaks places.
+fn run_worker_replacing_after_panics(queue: &Queue, params: &Params) {
+    while std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_worker(queue, params)))
+        .is_err()
+    {
+        tracing::error!("a hashing worker panicked; a fresh one replaces it");
     }
 }
 
@@ -207,9 +243,7 @@ fn run_worker(queue: &Queue, params: &Params) {
     let mut buffer: Vec<Block> = Vec::new();
     loop {
         let job = {
-            let Ok(mut state) = queue.state.lock() else {
-                return;
-            };
+            let mut state = queue.lock();
             loop {
                 if let Some(job) = state.waiting.pop_front() {
                     break job;
@@ -217,16 +251,21 @@ fn run_worker(queue: &Queue, params: &Params) {
                 if state.closed {
                     return;
                 }
-                let Ok((next, wait)) = queue.work_available.wait_timeout(state, IDLE_RELEASE)
-                else {
-                    return;
-                };
+                let (next, wait) = queue
+                    .work_available
+                    .wait_timeout(state, IDLE_RELEASE)
+                    .unwrap_or_else(PoisonError::into_inner);
                 state = next;
                 if wait.timed_out() && state.waiting.is_empty() {
                     buffer = Vec::new();
                 }
             }
         };
+        let _place = Admitted(queue);
+        #[cfg(feature = "test-hooks")]
+        if let Some(hooks) = queue.hooks.get() {
+            hooks.panic_if_armed(crate::test_hooks::PanicPoint::HashWorker);
+        }
         match job {
             Job::Hash { password, reply } => {
                 let _ = reply.send(hash_with(params, password.as_str().as_bytes(), &mut buffer));
@@ -243,9 +282,6 @@ fn run_worker(queue: &Queue, params: &Params) {
                     &mut buffer,
                 ));
             }
-        }
-        if let Ok(mut state) = queue.state.lock() {
-            state.admitted -= 1;
         }
     }
 }

@@ -9,15 +9,21 @@
 //! not deliver its request headers in time (hyper starts it whenever it waits
 //! for a request, so it also ends idle keep-alive connections); the body
 //! timeout lives in [`crate::http`]. At `--max-connections`, a new
-//! connection pushes out the connection that has been idle (no request in
-//! progress) the longest, so half-open connections cannot lock out clients.
+//! connection pushes out the oldest open connection that is idle (no request
+//! in progress), so half-open connections cannot lock out clients; when
+//! every connection is busy, the new one is closed at once.
+//!
+//! Memory per connection is bounded: the request line and headers may take
+//! at most [`MAX_HEAD_BYTES`] (a larger head gets 431), which is also the
+//! most hyper buffers for a connection; bodies are bounded in
+//! [`crate::http`].
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -30,6 +36,10 @@ use tokio::sync::Notify;
 
 use crate::app::App;
 use crate::error::Error;
+
+/// Most bytes of request line plus headers; hyper answers a larger head with
+/// 431. Also the size hyper's read buffer may grow to, per connection.
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 
 /// One open connection, as the cap sees it.
 struct Tracked {
@@ -47,7 +57,9 @@ impl Connections {
     /// Registers a connection; at the cap, first closes the oldest idle one.
     /// Returns `None` when every connection is busy (the new one is refused).
     fn admit(&self, id: u64, cap: usize) -> Option<(Arc<AtomicUsize>, Arc<Notify>)> {
-        let mut open = self.open.lock().ok()?;
+        // Every update under this lock is one insert or remove: a poisoned
+        // lock still holds a consistent map.
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         if open.len() >= cap {
             let idle = open
                 .iter()
@@ -70,9 +82,10 @@ impl Connections {
     }
 
     fn release(&self, id: u64) {
-        if let Ok(mut open) = self.open.lock() {
-            open.remove(&id);
-        }
+        self.open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
     }
 }
 
@@ -123,6 +136,7 @@ pub async fn serve(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(app.config.header_timeout)
+        .max_buf_size(MAX_HEAD_BYTES)
         .keep_alive(true);
     tokio::pin!(shutdown);
 

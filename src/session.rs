@@ -162,14 +162,15 @@ impl Session {
         !self.revoked && now < self.expires_at
     }
 
-    /// Applies a presented refresh token `presented` at `now`. On
-    /// [`RefreshDecision::Rotated`] the new current token gets id `fresh_jti`.
-    pub fn refresh(
-        &mut self,
+    /// What presenting refresh token `presented` at `now` would decide,
+    /// without changing anything. [`Session::refresh`] applies the same
+    /// decision; a refresh that would change nothing (revoked, expired, a
+    /// replay within the grace window) can be answered from a read.
+    pub fn decide(
+        &self,
         presented: TokenId,
         now: Millis,
         policy: RotationPolicy,
-        fresh_jti: TokenId,
     ) -> RefreshDecision {
         if self.revoked {
             return RefreshDecision::Revoked;
@@ -178,29 +179,68 @@ impl Session {
             return RefreshDecision::Expired;
         }
         if presented == self.current.jti {
-            self.previous = Some(Rotation {
-                jti: presented,
-                rotated_at: now,
-            });
-            self.current = issue(fresh_jti, now, policy.refresh_ttl, self.expires_at);
             return RefreshDecision::Rotated;
         }
-        let within_grace = match self.previous {
-            Some(previous) if previous.jti == presented => {
-                // Counted from the first rotation; replays do not extend it.
-                now < previous
-                    .rotated_at
-                    .saturating_add(millis(policy.reuse_grace))
+        match self.previous {
+            // Counted from the first rotation; replays do not extend it.
+            Some(previous)
+                if previous.jti == presented
+                    && now
+                        < previous
+                            .rotated_at
+                            .saturating_add(millis(policy.reuse_grace)) =>
+            {
+                RefreshDecision::GraceReplay
             }
-            _ => false,
-        };
-        if within_grace {
-            RefreshDecision::GraceReplay
-        } else {
             // An older ancestor, or the last one outside the window: theft is
             // the safe assumption; the whole family goes.
-            self.revoked = true;
-            RefreshDecision::Reused
+            _ => RefreshDecision::Reused,
+        }
+    }
+
+    /// Applies a presented refresh token `presented` at `now`. On
+    /// [`RefreshDecision::Rotated`] the new current token gets id `fresh_jti`;
+    /// on [`RefreshDecision::Reused`] the session is revoked.
+    pub fn refresh(
+        &mut self,
+        presented: TokenId,
+        now: Millis,
+        policy: RotationPolicy,
+        fresh_jti: TokenId,
+    ) -> RefreshDecision {
+        let decision = self.decide(presented, now, policy);
+        match decision {
+            RefreshDecision::Rotated => {
+                self.previous = Some(Rotation {
+                    jti: presented,
+                    rotated_at: now,
+                });
+                self.current = issue(fresh_jti, now, policy.refresh_ttl, self.expires_at);
+            }
+            RefreshDecision::Reused => self.revoked = true,
+            RefreshDecision::GraceReplay | RefreshDecision::Revoked | RefreshDecision::Expired => {}
+        }
+        decision
+    }
+
+    /// Whether `presented` may log out every session of the user: only a
+    /// token that refresh would accept now (the current one, or the one
+    /// rotated last, within the grace window). A stale token is treated as
+    /// refresh treats it: its own session is revoked as a reuse, and the
+    /// decision says so. `Ok` when the global logout may go ahead.
+    pub fn authorise_global_logout(
+        &mut self,
+        presented: TokenId,
+        now: Millis,
+        policy: RotationPolicy,
+    ) -> Result<(), RefreshDecision> {
+        match self.decide(presented, now, policy) {
+            RefreshDecision::Rotated | RefreshDecision::GraceReplay => Ok(()),
+            RefreshDecision::Reused => {
+                self.revoked = true;
+                Err(RefreshDecision::Reused)
+            }
+            refused => Err(refused),
         }
     }
 }
@@ -328,6 +368,57 @@ mod tests {
             RefreshDecision::Expired
         );
         assert!(!s.is_live(s.expires_at));
+    }
+
+    #[test]
+    fn decide_predicts_refresh_without_changing_anything() {
+        let mut s = fresh();
+        s.refresh(TokenId(1), T0, policy(10), TokenId(2));
+        let before = s.clone();
+        assert_eq!(
+            s.decide(TokenId(2), T0 + 1, policy(10)),
+            RefreshDecision::Rotated
+        );
+        assert_eq!(
+            s.decide(TokenId(1), T0 + 1, policy(10)),
+            RefreshDecision::GraceReplay
+        );
+        assert_eq!(
+            s.decide(TokenId(1), T0 + 10_000, policy(10)),
+            RefreshDecision::Reused
+        );
+        assert_eq!(
+            s.decide(TokenId(2), s.expires_at, policy(10)),
+            RefreshDecision::Expired
+        );
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn only_a_token_refresh_would_accept_may_log_out_everywhere() {
+        let mut s = fresh();
+        s.refresh(TokenId(1), T0, policy(10), TokenId(2));
+        s.refresh(TokenId(2), T0 + 1, policy(10), TokenId(3));
+        assert_eq!(
+            s.authorise_global_logout(TokenId(3), T0 + 2, policy(10)),
+            Ok(())
+        );
+        assert_eq!(
+            s.authorise_global_logout(TokenId(2), T0 + 2, policy(10)),
+            Ok(()),
+            "within grace"
+        );
+        assert!(!s.revoked);
+        assert_eq!(
+            s.authorise_global_logout(TokenId(1), T0 + 2, policy(10)),
+            Err(RefreshDecision::Reused),
+            "an old token"
+        );
+        assert!(s.revoked, "its own session goes, as on a reuse");
+        assert_eq!(
+            s.authorise_global_logout(TokenId(3), T0 + 3, policy(10)),
+            Err(RefreshDecision::Revoked)
+        );
     }
 
     #[test]

@@ -1,44 +1,57 @@
-//! Login throttling: exponential back-off per account and per client address.
+//! Login throttling: a failure budget and exponential back-off per account
+//! and per client address.
 //!
-//! Each key (a normalised email, or a client IP address) counts failed
-//! logins. The first `free_failures` cost nothing; every failure after that
-//! blocks the key for `base_delay × 2^(extra failures − 1)`, capped at
-//! `max_delay`. A blocked key is answered 429 before any password is hashed.
-//! Nothing locks an account for good: the block always ends, and a key
-//! whose last failure is older than `forget_after` starts clean. A
-//! successful login clears its account's record (not its address's: one
-//! good password must not buy an attacker more guesses elsewhere).
+//! Each key (a normalised email, or a client address: IPv4 in full, IPv6 by
+//! its `/ipv6_prefix` network) has a budget of `free_failures` password
+//! checks that fail. Attempts still running count against it, so a burst of
+//! parallel guesses gets no more checks than a sequence would: an attempt
+//! that would overdraw the budget waits until a running one ends (a success
+//! refunds its slot, so honest parallel logins only wait), and is refused
+//! with 429 once the running ones have failed. Once the budget is spent the
+//! key is blocked for `base_delay`, and for twice as long after every
+//! further failure, up to `max_delay`; between blocks one check at a time
+//! is allowed. A blocked key is answered 429 before any password is hashed.
+//! Nothing locks an account for good: blocks end, and failures older than
+//! `forget_after` no longer count. A successful login clears its account's
+//! failures (not its address's: one good password must not buy an attacker
+//! more guesses elsewhere).
 //!
-//! Attempts are counted while they run, too: once an account has failed,
-//! at most as many attempts on it may run at once as it has failures left
-//! before back-off (at least one), because checks happen before hashing and
-//! failures are recorded after it.
+//! Only a failed password check leaves a record behind (for an unknown email
+//! as for a known one: both are checked, the unknown against a dummy hash).
+//! Attempts refused with 429 or 503, and successful ones, leave nothing once
+//! they end, so cheap requests cannot fill the tables. Each table holds at
+//! most `capacity` records; when it is full, a new failure replaces the
+//! record that protects least: a key that is not blocked (the one whose
+//! last failure or block is oldest) if there is one, else the blocked key
+//! whose block ends soonest. A blocked key therefore stays blocked until its
+//! block ends unless the table is full of blocked keys.
 //!
-//! Memory is bounded: records live in two generations of at most
-//! `capacity / 2` entries each. When the young generation fills up, the old
-//! one is dropped and the young one becomes old; a key still in use is
-//! carried into the young generation when it is touched. An attacker cycling
-//! through millions of emails or addresses can at worst push out idle
-//! records; the table never grows past `capacity`.
+//! Keys are kept as 128-bit keyed hashes (a random key per process), so the
+//! tables hold no email addresses and every record has the same small size.
 
-use std::collections::HashMap;
-use std::hash::Hash;
+use std::collections::{BTreeSet, HashMap};
+use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
+
+use tokio::sync::futures::OwnedNotified;
+use tokio::sync::Notify;
 
 #[derive(Debug, Clone, Copy)]
 pub struct ThrottlePolicy {
-    /// Failures per account before back-off starts.
+    /// Failed checks per account before back-off starts.
     pub account_free_failures: u32,
-    /// Failures per client address before back-off starts.
+    /// Failed checks per client address before back-off starts.
     pub address_free_failures: u32,
     pub base_delay: Duration,
     pub max_delay: Duration,
-    /// A record whose last failure is older than this is forgotten.
+    /// Failures older than this no longer count.
     pub forget_after: Duration,
     /// Most records kept per table (accounts, addresses).
     pub capacity: usize,
+    /// IPv6 clients are counted by their network of this prefix length.
+    pub ipv6_prefix: u8,
 }
 
 impl Default for ThrottlePolicy {
@@ -50,58 +63,194 @@ impl Default for ThrottlePolicy {
             max_delay: Duration::from_secs(15 * 60),
             forget_after: Duration::from_secs(60 * 60),
             capacity: 100_000,
+            ipv6_prefix: 64,
         }
     }
 }
+
+/// How long an attempt may wait for running attempts on its keys to end
+/// before it is refused.
+const MAX_WAIT: Duration = Duration::from_secs(5);
+
+/// A key as stored: a keyed hash of an email, or an address network.
+type Key = u128;
 
 #[derive(Debug, Clone, Copy)]
 struct Record {
     failures: u32,
     last_failure: Instant,
+    /// When the block ends; for a key that is not blocked, when its last
+    /// failure happened. The table's eviction order.
     blocked_until: Instant,
-    /// Attempts admitted and not finished yet.
-    in_flight: u32,
 }
 
-/// A bounded map in two generations (see the module doc).
-struct Generations<K> {
-    young: HashMap<K, Record>,
-    old: HashMap<K, Record>,
-    half_capacity: usize,
+/// Attempts on one key that are running now, and how to wake those waiting.
+struct Running {
+    count: u32,
+    ended: Arc<Notify>,
 }
 
-impl<K: Hash + Eq + Clone> Generations<K> {
-    fn new(capacity: usize) -> Self {
-        Generations {
-            young: HashMap::new(),
-            old: HashMap::new(),
-            half_capacity: (capacity / 2).max(1),
+/// One table (accounts or addresses).
+struct Table {
+    records: HashMap<Key, Record>,
+    /// `(blocked_until, key)` of every record: the first one is dropped when full.
+    by_release: BTreeSet<(Instant, Key)>,
+    /// Entries exist only while attempts run, so at most one per request in progress.
+    running: HashMap<Key, Running>,
+    free_failures: u32,
+    capacity: usize,
+}
+
+/// Why an attempt may not start now.
+enum Refusal {
+    Blocked(Duration),
+    /// The budget is taken by running attempts: wait for one to end.
+    Busy(OwnedNotified),
+}
+
+impl Table {
+    fn new(free_failures: u32, capacity: usize) -> Self {
+        Table {
+            records: HashMap::new(),
+            by_release: BTreeSet::new(),
+            running: HashMap::new(),
+            free_failures,
+            capacity: capacity.max(1),
         }
     }
 
-    fn get(&self, key: &K) -> Option<Record> {
-        self.young.get(key).or_else(|| self.old.get(key)).copied()
-    }
-
-    fn put(&mut self, key: K, record: Record) {
-        self.old.remove(&key);
-        if self.young.len() >= self.half_capacity && !self.young.contains_key(&key) {
-            self.old = std::mem::take(&mut self.young);
+    /// Failures of `record` that still count at `now`.
+    fn recent_failures(record: &Record, policy: &ThrottlePolicy, now: Instant) -> u32 {
+        if now.saturating_duration_since(record.last_failure) < policy.forget_after {
+            record.failures
+        } else {
+            0
         }
-        self.young.insert(key, record);
     }
 
-    fn remove(&mut self, key: &K) {
-        self.young.remove(key);
-        self.old.remove(key);
+    /// Whether one more attempt on `key` may start at `now`.
+    fn admit(&self, key: Key, policy: &ThrottlePolicy, now: Instant) -> Result<(), Refusal> {
+        let failures = match self.records.get(&key) {
+            Some(record) if record.blocked_until > now => {
+                return Err(Refusal::Blocked(record.blocked_until - now))
+            }
+            Some(record) => Self::recent_failures(record, policy, now),
+            None => 0,
+        };
+        // What is left of the budget, or one check at a time between blocks.
+        let allowed = self.free_failures.saturating_sub(failures).max(1);
+        match self.running.get(&key) {
+            Some(running) if running.count >= allowed => {
+                Err(Refusal::Busy(Arc::clone(&running.ended).notified_owned()))
+            }
+            _ => Ok(()),
+        }
     }
 
-    fn len(&self) -> usize {
-        self.young.len() + self.old.len()
+    fn start(&mut self, key: Key) {
+        self.running
+            .entry(key)
+            .or_insert_with(|| Running {
+                count: 0,
+                ended: Arc::new(Notify::new()),
+            })
+            .count += 1;
+    }
+
+    fn end(&mut self, key: Key) {
+        if let Some(running) = self.running.get_mut(&key) {
+            running.count = running.count.saturating_sub(1);
+            running.ended.notify_waiters();
+            if running.count == 0 {
+                self.running.remove(&key);
+            }
+        }
+    }
+
+    fn record_failure(&mut self, key: Key, policy: &ThrottlePolicy, now: Instant) {
+        let failures = self
+            .records
+            .get(&key)
+            .map_or(0, |r| Self::recent_failures(r, policy, now))
+            .saturating_add(1);
+        let blocked_until = match failures.checked_sub(self.free_failures) {
+            None => now,
+            Some(extra) => {
+                let factor = 2u32.saturating_pow(extra);
+                now + policy
+                    .base_delay
+                    .saturating_mul(factor)
+                    .min(policy.max_delay)
+            }
+        };
+        self.put(
+            key,
+            Record {
+                failures,
+                last_failure: now,
+                blocked_until,
+            },
+        );
+    }
+
+    fn put(&mut self, key: Key, record: Record) {
+        match self.records.insert(key, record) {
+            Some(old) => {
+                self.by_release.remove(&(old.blocked_until, key));
+            }
+            None => {
+                while self.records.len() > self.capacity {
+                    self.drop_least_protective(key);
+                }
+            }
+        }
+        self.by_release.insert((record.blocked_until, key));
+    }
+
+    /// Drops the record with the earliest `blocked_until` other than `keep`:
+    /// a key that is not blocked if there is one, else the block that ends soonest.
+    fn drop_least_protective(&mut self, keep: Key) {
+        let victim = self
+            .by_release
+            .iter()
+            .find(|(_, key)| *key != keep)
+            .copied();
+        match victim {
+            Some(entry) => {
+                self.by_release.remove(&entry);
+                // The index and the map agree unless a panic interrupted an
+                // update; a stale index entry only removes nothing here.
+                if self
+                    .records
+                    .get(&entry.1)
+                    .is_some_and(|r| r.blocked_until == entry.0)
+                {
+                    self.records.remove(&entry.1);
+                }
+            }
+            None => {
+                // The index lost entries (a panic mid-update): rebuild it.
+                self.by_release = self
+                    .records
+                    .iter()
+                    .map(|(key, r)| (r.blocked_until, *key))
+                    .collect();
+                if self.by_release.len() <= 1 {
+                    self.records.retain(|key, _| *key == keep);
+                    self.by_release.retain(|(_, key)| *key == keep);
+                }
+            }
+        }
+    }
+
+    fn clear_failures(&mut self, key: Key) {
+        if let Some(old) = self.records.remove(&key) {
+            self.by_release.remove(&(old.blocked_until, key));
+        }
     }
 }
 
-/// Which key is blocked, and for how long.
+/// Why a login attempt is refused, and for how long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Blocked {
     pub retry_after: Duration,
@@ -109,139 +258,63 @@ pub struct Blocked {
 
 pub struct Throttle {
     policy: ThrottlePolicy,
-    accounts: Mutex<Generations<String>>,
-    addresses: Mutex<Generations<IpAddr>>,
+    accounts: Mutex<Table>,
+    addresses: Mutex<Table>,
+    /// Two independent keyed hashers: a 128-bit key per email.
+    email_hashers: (RandomState, RandomState),
+    #[cfg(feature = "test-hooks")]
+    hooks: Arc<crate::test_hooks::TestHooks>,
 }
 
-/// Failures that still count at `now`.
-fn recent_failures(record: &Record, policy: &ThrottlePolicy, now: Instant) -> u32 {
-    if now.duration_since(record.last_failure) < policy.forget_after {
-        record.failures
-    } else {
-        0
-    }
+/// Locks a table. A panic while it was held leaves a table whose worst
+/// inconsistency is an index entry too many or too few (see
+/// [`Table::drop_least_protective`]), so the lock is taken over rather than
+/// refusing every login from then on.
+fn lock(table: &Mutex<Table>) -> MutexGuard<'_, Table> {
+    table.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Whether one more attempt for this key may start now: not while blocked,
-/// and, when `limit_in_flight` and the key has failed recently, never more at
-/// once than the failures it has left before back-off (at least one), so
-/// parallel guesses get no more tries than a sequence would. A key with no
-/// recent failure is not limited: honest clients log in in parallel.
-fn admit<K: Hash + Eq + Clone>(
-    table: &Generations<K>,
-    key: &K,
-    free: u32,
-    limit_in_flight: bool,
-    policy: &ThrottlePolicy,
-    now: Instant,
-) -> Result<(), Blocked> {
-    let Some(record) = table.get(key) else {
-        return Ok(());
-    };
-    if record.blocked_until > now {
-        return Err(Blocked {
-            retry_after: record.blocked_until - now,
-        });
-    }
-    if !limit_in_flight {
-        return Ok(());
-    }
-    let failures = recent_failures(&record, policy, now);
-    if failures == 0 {
-        return Ok(());
-    }
-    let budget = free.saturating_sub(failures).max(1);
-    if record.in_flight >= budget {
-        return Err(Blocked {
-            retry_after: policy.base_delay,
-        });
-    }
-    Ok(())
-}
-
-fn change_in_flight<K: Hash + Eq + Clone>(
-    table: &mut Generations<K>,
-    key: K,
-    now: Instant,
-    up: bool,
-) {
-    let record = table.get(&key);
-    let in_flight = record.map_or(0, |r| r.in_flight);
-    let in_flight = if up {
-        in_flight.saturating_add(1)
-    } else {
-        in_flight.saturating_sub(1)
-    };
-    match record {
-        Some(record) => table.put(
-            key,
-            Record {
-                in_flight,
-                ..record
-            },
-        ),
-        None if up => table.put(
-            key,
-            Record {
-                failures: 0,
-                last_failure: now,
-                blocked_until: now,
-                in_flight,
-            },
-        ),
-        None => {}
-    }
-}
-
-fn record_failure<K: Hash + Eq + Clone>(
-    table: &Mutex<Generations<K>>,
-    key: K,
-    free: u32,
-    policy: &ThrottlePolicy,
-    now: Instant,
-) {
-    let Ok(mut table) = table.lock() else { return };
-    let previous = table.get(&key);
-    let failures = previous
-        .map_or(0, |r| recent_failures(&r, policy, now))
-        .saturating_add(1);
-    let blocked_until = match failures.checked_sub(free) {
-        None | Some(0) => now,
-        Some(extra) => {
-            let factor = 2u32.saturating_pow(extra - 1);
-            now + policy
-                .base_delay
-                .saturating_mul(factor)
-                .min(policy.max_delay)
-        }
-    };
-    let in_flight = previous.map_or(0, |r| r.in_flight);
-    table.put(
-        key,
-        Record {
-            failures,
-            last_failure: now,
-            blocked_until,
-            in_flight,
-        },
-    );
-}
-
-/// An admitted login attempt; dropping it ends the attempt.
+/// An admitted login attempt. Report how it ended with [`Attempt::failed`]
+/// or [`Attempt::succeeded`]; dropped without either (an error before the
+/// password was checked, such as 503), it leaves nothing behind.
 pub struct Attempt<'a> {
     throttle: &'a Throttle,
-    email: String,
+    account: Key,
+    address: Option<Key>,
+}
+
+impl Attempt<'_> {
+    /// The password check failed: counts against both keys' budgets.
+    pub fn failed(self) {
+        let throttle = self.throttle;
+        let now = Instant::now();
+        // Recorded before the running slot is given back, under the same
+        // lock, so a waiting attempt never sees the slot without the failure.
+        {
+            let mut accounts = lock(&throttle.accounts);
+            accounts.record_failure(self.account, &throttle.policy, now);
+            accounts.end(self.account);
+        }
+        if let Some(address) = self.address {
+            let mut addresses = lock(&throttle.addresses);
+            addresses.record_failure(address, &throttle.policy, now);
+            addresses.end(address);
+        }
+        std::mem::forget(self);
+    }
+
+    /// The password was right: the account starts clean again.
+    pub fn succeeded(self) {
+        lock(&self.throttle.accounts).clear_failures(self.account);
+        // Drop gives the running slots back.
+    }
 }
 
 impl Drop for Attempt<'_> {
     fn drop(&mut self) {
-        if let Ok(mut accounts) = self.throttle.accounts.lock() {
-            change_in_flight(
-                &mut accounts,
-                std::mem::take(&mut self.email),
-                Instant::now(),
-                false,
-            );
+        lock(&self.throttle.accounts).end(self.account);
+        if let Some(address) = self.address {
+            lock(&self.throttle.addresses).end(address);
         }
     }
 }
@@ -250,162 +323,151 @@ impl Throttle {
     pub fn new(policy: ThrottlePolicy) -> Self {
         Throttle {
             policy,
-            accounts: Mutex::new(Generations::new(policy.capacity)),
-            addresses: Mutex::new(Generations::new(policy.capacity)),
+            accounts: Mutex::new(Table::new(policy.account_free_failures, policy.capacity)),
+            addresses: Mutex::new(Table::new(policy.address_free_failures, policy.capacity)),
+            email_hashers: (RandomState::new(), RandomState::new()),
+            #[cfg(feature = "test-hooks")]
+            hooks: Arc::default(),
         }
     }
 
-    /// Admits a login attempt for `email` from `address`, or says how long
-    /// to wait; called before any hashing. Hold the [`Attempt`] until done.
-    /// Parallel attempts are limited per account only: one address may be a
-    /// proxy or a NAT in front of many honest users.
-    pub fn begin(
+    /// Shares the test hooks of the app (test builds only).
+    #[cfg(feature = "test-hooks")]
+    pub fn with_hooks(mut self, hooks: Arc<crate::test_hooks::TestHooks>) -> Self {
+        self.hooks = hooks;
+        self
+    }
+
+    fn account_key(&self, email: &str) -> Key {
+        let high = self.email_hashers.0.hash_one(email);
+        let low = self.email_hashers.1.hash_one(email);
+        (u128::from(high) << 64) | u128::from(low)
+    }
+
+    /// IPv4 addresses (also IPv4-mapped IPv6) in full; IPv6 by network.
+    fn address_key(&self, address: IpAddr) -> Key {
+        match address {
+            IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => u128::from(v4.to_ipv6_mapped()),
+                None => {
+                    let prefix = u32::from(self.policy.ipv6_prefix.min(128));
+                    let mask = u128::MAX.checked_shl(128 - prefix).unwrap_or(0);
+                    // Cannot equal an IPv4 key: only addresses in
+                    // ::ffff:0:0/96 mask to one, and those are IPv4 above.
+                    u128::from(v6) & mask
+                }
+            },
+        }
+    }
+
+    /// Admits a login attempt for `email` (normalised) from `address`, before
+    /// any hashing: at once, or after waiting for running attempts on the
+    /// same keys to end. Refused while a key is blocked, or when the wait
+    /// would outlast [`MAX_WAIT`]. Hold the [`Attempt`] until the check is done.
+    pub async fn begin(
         &self,
         email: &str,
         address: Option<IpAddr>,
-        now: Instant,
     ) -> Result<Attempt<'_>, Blocked> {
+        let account = self.account_key(email);
+        let address = address.map(|a| self.address_key(a));
+        let deadline = tokio::time::Instant::now() + MAX_WAIT;
+        loop {
+            match self.try_begin(account, address, Instant::now()) {
+                Ok(attempt) => return Ok(attempt),
+                Err(Refusal::Blocked(retry_after)) => return Err(Blocked { retry_after }),
+                Err(Refusal::Busy(ended)) => {
+                    if tokio::time::timeout_at(deadline, ended).await.is_err() {
+                        return Err(Blocked {
+                            retry_after: self.policy.base_delay.max(Duration::from_secs(1)),
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    fn try_begin(
+        &self,
+        account: Key,
+        address: Option<Key>,
+        now: Instant,
+    ) -> Result<Attempt<'_>, Refusal> {
         let policy = &self.policy;
         // Always accounts first, then addresses: one lock order.
-        let mut accounts = self.accounts.lock().map_err(|_| Blocked {
-            retry_after: policy.base_delay,
-        })?;
-        let addresses = self.addresses.lock().map_err(|_| Blocked {
-            retry_after: policy.base_delay,
-        })?;
-        let email = email.to_string();
-        let account = admit(
-            &accounts,
-            &email,
-            policy.account_free_failures,
-            true,
-            policy,
-            now,
-        );
-        let client = match address {
-            Some(a) => admit(
-                &addresses,
-                &a,
-                policy.address_free_failures,
-                false,
-                policy,
-                now,
-            ),
-            None => Ok(()),
+        let mut accounts = lock(&self.accounts);
+        #[cfg(feature = "test-hooks")]
+        self.hooks
+            .panic_if_armed(crate::test_hooks::PanicPoint::ThrottleLock);
+        let mut addresses = address.map(|_| lock(&self.addresses));
+        let on_account = accounts.admit(account, policy, now);
+        let on_address = match (&addresses, address) {
+            (Some(table), Some(key)) => table.admit(key, policy, now),
+            _ => Ok(()),
         };
-        match (account, client) {
+        match (on_account, on_address) {
             (Ok(()), Ok(())) => {}
-            (Err(a), Err(b)) => {
-                return Err(Blocked {
-                    retry_after: a.retry_after.max(b.retry_after),
-                })
+            (Err(Refusal::Blocked(a)), Err(Refusal::Blocked(b))) => {
+                return Err(Refusal::Blocked(a.max(b)))
             }
-            (Err(blocked), _) | (_, Err(blocked)) => return Err(blocked),
+            (Err(blocked @ Refusal::Blocked(_)), _) | (_, Err(blocked @ Refusal::Blocked(_))) => {
+                return Err(blocked)
+            }
+            (Err(busy), _) | (_, Err(busy)) => return Err(busy),
         }
-        change_in_flight(&mut accounts, email.clone(), now, true);
+        accounts.start(account);
+        if let (Some(table), Some(key)) = (addresses.as_mut(), address) {
+            table.start(key);
+        }
         Ok(Attempt {
             throttle: self,
-            email,
+            account,
+            address,
         })
-    }
-
-    pub fn record_failure(&self, email: &str, address: Option<IpAddr>, now: Instant) {
-        let policy = &self.policy;
-        record_failure(
-            &self.accounts,
-            email.to_string(),
-            policy.account_free_failures,
-            policy,
-            now,
-        );
-        if let Some(address) = address {
-            record_failure(
-                &self.addresses,
-                address,
-                policy.address_free_failures,
-                policy,
-                now,
-            );
-        }
-    }
-
-    pub fn record_success(&self, email: &str) {
-        if let Ok(mut accounts) = self.accounts.lock() {
-            let key = email.to_string();
-            match accounts.get(&key) {
-                // Other attempts are still running: keep their count.
-                Some(record) if record.in_flight > 0 => accounts.put(
-                    key,
-                    Record {
-                        failures: 0,
-                        ..record
-                    },
-                ),
-                _ => accounts.remove(&key),
-            }
-        }
-    }
-
-    /// Records held (accounts, addresses); for tests and metrics.
-    pub fn sizes(&self) -> (usize, usize) {
-        let accounts = self.accounts.lock().map_or(0, |t| t.len());
-        let addresses = self.addresses.lock().map_or(0, |t| t.len());
-        (accounts, addresses)
     }
 }
 
 #[cfg(test)]
 impl Throttle {
-    /// Admits and at once ends an attempt: whether one could start now.
+    /// Records held (accounts, addresses).
+    fn sizes(&self) -> (usize, usize) {
+        (
+            lock(&self.accounts).records.len(),
+            lock(&self.addresses).records.len(),
+        )
+    }
+
+    /// Whether an attempt could start at `now`, without starting one.
     fn check(&self, email: &str, address: Option<IpAddr>, now: Instant) -> Result<(), Blocked> {
-        self.begin(email, address, now).map(drop)
+        let account = self.account_key(email);
+        let address = address.map(|a| self.address_key(a));
+        match self.try_begin(account, address, now) {
+            Ok(attempt) => {
+                drop(attempt);
+                Ok(())
+            }
+            Err(Refusal::Blocked(retry_after)) => Err(Blocked { retry_after }),
+            Err(Refusal::Busy(_)) => Err(Blocked {
+                retry_after: Duration::ZERO,
+            }),
+        }
+    }
+
+    /// Records one failed check at `now` without a running attempt.
+    fn fail_at(&self, email: &str, address: Option<IpAddr>, now: Instant) {
+        let key = self.account_key(email);
+        lock(&self.accounts).record_failure(key, &self.policy, now);
+        if let Some(address) = address {
+            let key = self.address_key(address);
+            lock(&self.addresses).record_failure(key, &self.policy, now);
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parallel_attempts_get_no_more_tries_than_sequential_ones() {
-        let throttle = Throttle::new(policy());
-        let t0 = Instant::now();
-        let ip: IpAddr = "192.0.2.9".parse().unwrap();
-        // No failure yet: parallel logins are not limited.
-        let honest: Vec<_> = (0..10)
-            .map(|_| throttle.begin("a@b.c", Some(ip), t0).unwrap())
-            .collect();
-        drop(honest);
-        // One of three free failures used: two attempts may run at once, not a third.
-        throttle.record_failure("a@b.c", None, t0);
-        let running: Vec<_> = (0..2)
-            .map(|_| throttle.begin("a@b.c", Some(ip), t0).unwrap())
-            .collect();
-        assert!(throttle.begin("a@b.c", Some(ip), t0).is_err());
-        assert!(
-            throttle.begin("other@b.c", Some(ip), t0).is_ok(),
-            "other accounts from the same address are not limited"
-        );
-        drop(running);
-        assert!(
-            throttle.begin("a@b.c", Some(ip), t0).is_ok(),
-            "finished attempts free their slots"
-        );
-        // Past the free failures, one attempt at a time.
-        for _ in 0..2 {
-            throttle.record_failure("a@b.c", None, t0);
-        }
-        let one = throttle.begin("a@b.c", None, t0).unwrap();
-        assert!(throttle.begin("a@b.c", None, t0).is_err());
-        drop(one);
-        // A success resets the count: parallel logins are free again.
-        let a = throttle.begin("a@b.c", None, t0).unwrap();
-        throttle.record_success("a@b.c");
-        let more: Vec<_> = (0..5)
-            .map(|_| throttle.begin("a@b.c", None, t0).unwrap())
-            .collect();
-        drop((a, more));
-    }
 
     fn policy() -> ThrottlePolicy {
         ThrottlePolicy {
@@ -415,36 +477,112 @@ mod tests {
             max_delay: Duration::from_secs(60),
             forget_after: Duration::from_secs(600),
             capacity: 1000,
+            ipv6_prefix: 64,
         }
     }
 
+    fn running(throttle: &Throttle) -> (usize, usize) {
+        (
+            lock(&throttle.accounts).running.len(),
+            lock(&throttle.addresses).running.len(),
+        )
+    }
+
+    #[tokio::test]
+    async fn running_attempts_count_against_the_budget_and_successes_refund() {
+        let throttle = Throttle::new(policy());
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        let account = throttle.account_key("a@b.c");
+        let t0 = Instant::now();
+        // A fresh account: three may run at once, not a fourth.
+        let three: Vec<_> = (0..3)
+            .map(|_| throttle.try_begin(account, None, t0).ok().unwrap())
+            .collect();
+        assert!(matches!(
+            throttle.try_begin(account, None, t0),
+            Err(Refusal::Busy(_))
+        ));
+        assert!(
+            throttle.check("other@b.c", Some(ip), t0).is_ok(),
+            "other accounts are not limited"
+        );
+        // Successes refund their slots.
+        for attempt in three {
+            attempt.succeeded();
+        }
+        assert!(throttle.check("a@b.c", None, t0).is_ok());
+        assert_eq!(running(&throttle), (0, 0), "nothing left behind");
+        assert_eq!(throttle.sizes(), (0, 0), "nothing left behind");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_parallel_burst_gets_exactly_the_budget_of_checks() {
+        let throttle = Arc::new(Throttle::new(ThrottlePolicy {
+            account_free_failures: 5,
+            ..policy()
+        }));
+        let tasks: Vec<_> = (0..60)
+            .map(|_| {
+                let throttle = Arc::clone(&throttle);
+                tokio::spawn(async move {
+                    match throttle.begin("victim@b.c", None).await {
+                        Ok(attempt) => {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            attempt.failed();
+                            true
+                        }
+                        Err(_) => false,
+                    }
+                })
+            })
+            .collect();
+        let mut checked = 0;
+        for task in tasks {
+            checked += usize::from(task.await.unwrap());
+        }
+        assert_eq!(checked, 5);
+        assert!(throttle.check("victim@b.c", None, Instant::now()).is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn honest_parallel_logins_wait_instead_of_being_refused() {
+        let throttle = Arc::new(Throttle::new(policy()));
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let throttle = Arc::clone(&throttle);
+                tokio::spawn(async move {
+                    let attempt = throttle.begin("busy@b.c", None).await?;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    attempt.succeeded();
+                    Ok::<_, Blocked>(())
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap().unwrap();
+        }
+        assert_eq!(throttle.sizes(), (0, 0));
+    }
+
     #[test]
-    fn back_off_doubles_after_the_free_failures_and_is_capped() {
+    fn back_off_starts_when_the_budget_is_spent_doubles_and_is_capped() {
         let throttle = Throttle::new(policy());
         let t0 = Instant::now();
-        for _ in 0..3 {
+        for _ in 0..2 {
             assert!(throttle.check("a@b.c", None, t0).is_ok());
-            throttle.record_failure("a@b.c", None, t0);
+            throttle.fail_at("a@b.c", None, t0);
         }
-        assert!(
-            throttle.check("a@b.c", None, t0).is_ok(),
-            "three free failures"
-        );
-        throttle.record_failure("a@b.c", None, t0);
+        assert!(throttle.check("a@b.c", None, t0).is_ok(), "a third check");
+        throttle.fail_at("a@b.c", None, t0);
         assert_eq!(
             throttle.check("a@b.c", None, t0),
             Err(Blocked {
                 retry_after: Duration::from_secs(1)
             })
         );
-        assert!(
-            throttle
-                .check("a@b.c", None, t0 + Duration::from_secs(1))
-                .is_ok(),
-            "the block ends"
-        );
         let t1 = t0 + Duration::from_secs(1);
-        throttle.record_failure("a@b.c", None, t1);
+        assert!(throttle.check("a@b.c", None, t1).is_ok(), "the block ends");
+        throttle.fail_at("a@b.c", None, t1);
         assert_eq!(
             throttle.check("a@b.c", None, t1),
             Err(Blocked {
@@ -452,7 +590,7 @@ mod tests {
             })
         );
         for _ in 0..20 {
-            throttle.record_failure("a@b.c", None, t1);
+            throttle.fail_at("a@b.c", None, t1);
         }
         assert_eq!(
             throttle.check("a@b.c", None, t1),
@@ -468,19 +606,29 @@ mod tests {
         let throttle = Throttle::new(policy());
         let t0 = Instant::now();
         let ip: IpAddr = "192.0.2.7".parse().unwrap();
-        for n in 0..6 {
-            throttle.record_failure(&format!("user{n}@b.c"), Some(ip), t0);
+        for n in 0..5 {
+            throttle.fail_at(&format!("user{n}@b.c"), Some(ip), t0);
         }
         assert!(
             throttle.check("fresh@b.c", Some(ip), t0).is_err(),
             "the address is blocked for any account"
         );
         assert!(throttle.check("fresh@b.c", None, t0).is_ok());
-        for _ in 0..4 {
-            throttle.record_failure("victim@b.c", None, t0);
+        for _ in 0..2 {
+            throttle.fail_at("victim@b.c", None, t0);
         }
-        throttle.record_success("victim@b.c");
-        assert!(throttle.check("victim@b.c", None, t0).is_ok());
+        let attempt = throttle
+            .try_begin(throttle.account_key("victim@b.c"), None, t0)
+            .ok()
+            .unwrap();
+        attempt.succeeded();
+        for _ in 0..2 {
+            throttle.fail_at("victim@b.c", None, t0);
+        }
+        assert!(
+            throttle.check("victim@b.c", None, t0).is_ok(),
+            "the count started again"
+        );
         assert!(throttle.check("victim@b.c", Some(ip), t0).is_err());
     }
 
@@ -488,11 +636,11 @@ mod tests {
     fn old_failures_are_forgotten() {
         let throttle = Throttle::new(policy());
         let t0 = Instant::now();
-        for _ in 0..4 {
-            throttle.record_failure("a@b.c", None, t0);
+        for _ in 0..2 {
+            throttle.fail_at("a@b.c", None, t0);
         }
         let later = t0 + Duration::from_secs(601);
-        throttle.record_failure("a@b.c", None, later);
+        throttle.fail_at("a@b.c", None, later);
         assert!(
             throttle.check("a@b.c", None, later).is_ok(),
             "counting starts again"
@@ -500,25 +648,104 @@ mod tests {
     }
 
     #[test]
-    fn memory_stays_bounded_under_a_flood_of_keys() {
+    fn ipv6_clients_are_grouped_by_prefix_and_ipv4_by_address() {
         let throttle = Throttle::new(policy());
         let t0 = Instant::now();
+        for n in 0..5u16 {
+            let ip = IpAddr::from([0x2001, 0xdb8, 1, 2, n, n, n, n]);
+            throttle.fail_at(&format!("u{n}@b.c"), Some(ip), t0);
+        }
+        let same_network: IpAddr = "2001:db8:1:2:ffff::1".parse().unwrap();
+        let next_network: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert!(throttle.check("x@b.c", Some(same_network), t0).is_err());
+        assert!(throttle.check("x@b.c", Some(next_network), t0).is_ok());
+        for n in 0..5u8 {
+            throttle.fail_at(&format!("v{n}@b.c"), Some(IpAddr::from([10, 0, 0, n])), t0);
+        }
+        assert!(throttle
+            .check("x@b.c", Some(IpAddr::from([10, 0, 0, 9])), t0)
+            .is_ok());
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        throttle.fail_at("w@b.c", Some(IpAddr::from([10, 0, 0, 1])), t0);
+        throttle.fail_at("w@b.c", Some(IpAddr::from([10, 0, 0, 1])), t0);
+        throttle.fail_at("w@b.c", Some(IpAddr::from([10, 0, 0, 1])), t0);
+        throttle.fail_at("w@b.c", Some(IpAddr::from([10, 0, 0, 1])), t0);
+        assert!(
+            throttle.check("y@b.c", Some(mapped), t0).is_err(),
+            "IPv4-mapped IPv6 is the IPv4 address"
+        );
+    }
+
+    #[test]
+    fn a_flood_of_keys_stays_bounded_and_cannot_push_out_a_block() {
+        let throttle = Throttle::new(ThrottlePolicy {
+            capacity: 100,
+            ..policy()
+        });
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            throttle.fail_at("victim@b.c", None, t0);
+        }
+        assert!(throttle.check("victim@b.c", None, t0).is_err());
         for n in 0..50_000u32 {
             let ip = IpAddr::from(n.to_be_bytes());
-            throttle.record_failure(&format!("user{n}@b.c"), Some(ip), t0);
+            throttle.fail_at(&format!("noise{n}@b.c"), Some(ip), t0);
         }
         let (accounts, addresses) = throttle.sizes();
         assert!(
-            accounts <= 1000 && addresses <= 1000,
+            accounts <= 100 && addresses <= 100,
             "{accounts} {addresses}"
         );
-        // A key that keeps failing stays tracked: it is carried into the young generation.
-        for _ in 0..10 {
-            throttle.record_failure("persistent@b.c", None, t0);
-            for n in 0..300u32 {
-                throttle.record_failure(&format!("noise{n}@b.c"), None, t0);
+        assert!(
+            throttle.check("victim@b.c", None, t0).is_err(),
+            "a blocked key survives a flood of keys that are not blocked"
+        );
+        // Refused and successful attempts leave no records at all.
+        for n in 0..1000u32 {
+            let attempt = throttle
+                .try_begin(throttle.account_key(&format!("ok{n}@b.c")), None, t0)
+                .ok()
+                .unwrap();
+            if n % 2 == 0 {
+                attempt.succeeded();
             }
         }
-        assert!(throttle.check("persistent@b.c", None, t0).is_err());
+        assert!(throttle.check("victim@b.c", None, t0).is_err());
+    }
+
+    #[test]
+    fn a_table_full_of_blocks_drops_the_one_that_ends_soonest() {
+        let throttle = Throttle::new(ThrottlePolicy {
+            account_free_failures: 1,
+            capacity: 3,
+            ..policy()
+        });
+        let t0 = Instant::now();
+        // Blocks of 1 s, 2 s, 4 s, by failing 1, 2 and 3 times.
+        for (email, failures) in [("one@b.c", 1), ("two@b.c", 2), ("four@b.c", 3)] {
+            for _ in 0..failures {
+                throttle.fail_at(email, None, t0);
+            }
+        }
+        throttle.fail_at("new@b.c", None, t0);
+        assert!(
+            throttle.check("one@b.c", None, t0).is_ok(),
+            "ends soonest: dropped"
+        );
+        for email in ["two@b.c", "four@b.c", "new@b.c"] {
+            assert!(throttle.check(email, None, t0).is_err(), "{email}");
+        }
+    }
+
+    #[test]
+    fn a_panic_while_the_lock_is_held_does_not_disable_logins() {
+        let throttle = Throttle::new(policy());
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _guard = lock(&throttle.accounts);
+            panic!("a bug while holding the lock");
+        }));
+        assert!(panicked.is_err());
+        assert!(throttle.accounts.is_poisoned());
+        assert!(throttle.check("a@b.c", None, Instant::now()).is_ok());
     }
 }

@@ -1,9 +1,11 @@
 //! JWT claims, signing and verification (HS256).
 //!
-//! Pure functions of their inputs: issuing takes `now`, so tests can mint
-//! expired tokens. Verification pins HS256 (no `alg: none`, no algorithm
-//! confusion), enforces `exp` with no leeway and checks `type`. Header fields
-//! such as `kid`, `jku` or `x5u` are never used to pick or fetch a key.
+//! Functions of their inputs, with no clock of their own: issuing and
+//! verifying take `now`, so tests can mint expired tokens and the server
+//! passes its process clock. Verification pins HS256 (no `alg: none`, no
+//! algorithm confusion), rejects a token from its `exp` second on (RFC 7519
+//! §4.1.4: "on or after", no leeway) and checks `type`. Header fields such
+//! as `kid`, `jku` or `x5u` are never used to pick or fetch a key.
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -69,7 +71,9 @@ impl TokenKeys {
         header.kid = Some(key_id(&encoding));
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
-        validation.validate_exp = true;
+        // Checked in `verify` against the caller's clock: jsonwebtoken reads
+        // the system clock and accepts a token in its `exp` second.
+        validation.validate_exp = false;
         validation.validate_aud = false;
         validation.set_required_spec_claims(&["exp", "iat", "sub"]);
         TokenKeys {
@@ -122,8 +126,14 @@ impl TokenKeys {
         })
     }
 
-    /// Verifies signature, algorithm, `exp` and `type`, and parses the ids.
-    pub fn verify(&self, token: &str, expected: TokenType) -> Result<Verified, Error> {
+    /// Verifies signature, algorithm, `exp` (against `now_secs`) and `type`,
+    /// and parses the ids.
+    pub fn verify(
+        &self,
+        token: &str,
+        expected: TokenType,
+        now_secs: u64,
+    ) -> Result<Verified, Error> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(Error::InvalidToken("too long"));
         }
@@ -131,7 +141,6 @@ impl TokenKeys {
             .map_err(|e| {
                 use jsonwebtoken::errors::ErrorKind;
                 match e.kind() {
-                    ErrorKind::ExpiredSignature => Error::TokenExpired,
                     ErrorKind::InvalidSignature => Error::InvalidToken("bad signature"),
                     ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
                         Error::InvalidToken("algorithm not allowed")
@@ -140,6 +149,9 @@ impl TokenKeys {
                 }
             })?;
         let claims = data.claims;
+        if now_secs >= claims.exp {
+            return Err(Error::TokenExpired);
+        }
         if claims.token_type != expected {
             return Err(Error::InvalidToken(match expected {
                 TokenType::Access => "not an access token",
@@ -222,7 +234,7 @@ mod tests {
         let keys = keys();
         let exp = now() + 60;
         let token = refresh(&keys, exp);
-        let verified = keys.verify(&token, TokenType::Refresh).unwrap();
+        let verified = keys.verify(&token, TokenType::Refresh, now()).unwrap();
         assert_eq!(
             (verified.user_id, verified.session_id, verified.token_id),
             (3, SessionId(99), TokenId(42))
@@ -243,7 +255,7 @@ mod tests {
         let keys = keys();
         let token = refresh(&keys, now() + 60);
         assert!(matches!(
-            keys.verify(&token, TokenType::Access),
+            keys.verify(&token, TokenType::Access, now()),
             Err(Error::InvalidToken(_))
         ));
         let profile = Profile {
@@ -253,21 +265,25 @@ mod tests {
             role_id: 1,
         };
         let access = keys.access_token(profile, SessionId(1), now(), 60).unwrap();
-        assert!(keys.verify(&access, TokenType::Access).is_ok());
+        assert!(keys.verify(&access, TokenType::Access, now()).is_ok());
         assert!(matches!(
-            keys.verify(&access, TokenType::Refresh),
+            keys.verify(&access, TokenType::Refresh, now()),
             Err(Error::InvalidToken(_))
         ));
     }
 
     #[test]
-    fn expiry_has_no_leeway() {
+    fn a_token_is_rejected_from_its_exp_second_on() {
         let keys = keys();
-        let token = refresh(&keys, now() - 1);
-        assert!(matches!(
-            keys.verify(&token, TokenType::Refresh),
-            Err(Error::TokenExpired)
-        ));
+        let exp = now() + 100;
+        let token = refresh(&keys, exp);
+        assert!(keys.verify(&token, TokenType::Refresh, exp - 1).is_ok());
+        for at in [exp, exp + 1] {
+            assert!(matches!(
+                keys.verify(&token, TokenType::Refresh, at),
+                Err(Error::TokenExpired)
+            ));
+        }
     }
 
     #[test]
@@ -276,7 +292,7 @@ mod tests {
         let other = TokenKeys::new(&Secret::new(vec![7; 32]).unwrap());
         let foreign = refresh(&other, now() + 60);
         assert!(matches!(
-            keys.verify(&foreign, TokenType::Refresh),
+            keys.verify(&foreign, TokenType::Refresh, now()),
             Err(Error::InvalidToken(_))
         ));
 
@@ -290,18 +306,18 @@ mod tests {
             let forged = format!("{}.{payload}.", b64(header.as_bytes()));
             assert!(
                 matches!(
-                    keys.verify(&forged, TokenType::Refresh),
+                    keys.verify(&forged, TokenType::Refresh, now()),
                     Err(Error::InvalidToken(_))
                 ),
                 "{header}"
             );
         }
         assert!(matches!(
-            keys.verify(&"a".repeat(MAX_TOKEN_BYTES + 1), TokenType::Refresh),
+            keys.verify(&"a".repeat(MAX_TOKEN_BYTES + 1), TokenType::Refresh, now()),
             Err(Error::InvalidToken(_))
         ));
         assert!(matches!(
-            keys.verify("not.a.token", TokenType::Refresh),
+            keys.verify("not.a.token", TokenType::Refresh, now()),
             Err(Error::InvalidToken(_))
         ));
     }

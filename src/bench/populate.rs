@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::BoxError;
-use crate::app::now_millis;
 use crate::cli::{BenchArgs, CommonArgs};
+use crate::clock::system_millis;
 use crate::config::{self, Argon2Costs};
 use crate::passwords::{Password, Passwords};
 use crate::session::{IssuedRefresh, Session, SessionId, TokenId};
@@ -45,13 +45,11 @@ pub async fn populate(common: &CommonArgs, args: &BenchArgs) -> Result<(), BoxEr
         &common.data,
         common.min_free_mb.saturating_mul(1024 * 1024),
     ));
-    let store =
-        tokio::task::spawn_blocking(move || RedbStore::open(&path, cache, space, Arc::default()))
-            .await??;
+    let store = tokio::task::spawn_blocking(move || RedbStore::open(&path, cache, space)).await??;
     let passwords = Passwords::new(Argon2Costs::from_args(common)?, 1, 1)?;
     let password_hash = passwords.hash(Password::new(args.password.clone())).await?;
 
-    let now = now_millis();
+    let now = system_millis();
     let (users, sessions) = (args.users, args.sessions);
     let sample_every = sessions
         .checked_div(args.sample_tokens)

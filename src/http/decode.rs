@@ -22,14 +22,53 @@ pub struct LogoutRequest {
 }
 
 /// A JSON object body. serde_json bounds nesting depth (128), so hostile
-/// nesting is an error, not a stack overflow.
+/// nesting is an error, not a stack overflow. A key given twice is refused:
+/// parsers disagree on which one wins, and a proxy or a log may read the
+/// other one.
 pub fn json_object(body: &[u8]) -> Result<Map<String, Value>, Error> {
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(object)) => Ok(object),
-        Ok(_) => Err(Error::InvalidRequest(
+    match serde_json::from_slice::<UniqueKeys>(body) {
+        Ok(UniqueKeys(object)) => Ok(object),
+        Err(e) if e.to_string().starts_with(DUPLICATE_KEY) => {
+            Err(Error::InvalidRequest("the body has a duplicate key".into()))
+        }
+        Err(e) if e.classify() == serde_json::error::Category::Data => Err(Error::InvalidRequest(
             "the body must be a JSON object".into(),
         )),
         Err(_) => Err(Error::InvalidRequest("the body is not valid JSON".into())),
+    }
+}
+
+const DUPLICATE_KEY: &str = "duplicate key";
+
+/// A top-level JSON object whose keys are all different.
+struct UniqueKeys(Map<String, Value>);
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = UniqueKeys;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut access: A,
+            ) -> Result<UniqueKeys, A::Error> {
+                let mut object = Map::new();
+                while let Some(key) = access.next_key::<String>()? {
+                    if object.contains_key(&key) {
+                        return Err(serde::de::Error::custom(DUPLICATE_KEY));
+                    }
+                    let value: Value = access.next_value()?;
+                    object.insert(key, value);
+                }
+                Ok(UniqueKeys(object))
+            }
+        }
+        deserializer.deserialize_map(Visitor)
     }
 }
 
@@ -65,8 +104,8 @@ pub fn refresh_request(body: &[u8]) -> Result<String, Error> {
 pub fn logout_request(body: &[u8]) -> Result<LogoutRequest, Error> {
     let object = json_object(body)?;
     let scope = match optional_str(&object, "scope")?.as_deref() {
-        None | Some("local") => LogoutScope::Session,
-        Some("global") => LogoutScope::AllSessionsOfUser,
+        None | Some("local") => LogoutScope::Local,
+        Some("global") => LogoutScope::Global,
         Some(_) => {
             return Err(Error::InvalidRequest(
                 "scope must be \"local\" or \"global\"".into(),
@@ -166,7 +205,7 @@ mod tests {
         ]) {
             let keys = TokenKeys::new(&Secret::new(vec![42; 32]).unwrap());
             for kind in [TokenType::Access, TokenType::Refresh] {
-                let result = keys.verify(&token, kind);
+                let result = keys.verify(&token, kind, 0);
                 prop_assert!(matches!(&result, Err(e) if e.status().as_u16() == 401));
             }
         }
@@ -187,11 +226,18 @@ mod tests {
             Err(Error::InvalidRequest(_))
         ));
         let duplicate = br#"{"refreshToken":"a","refreshToken":"b"}"#;
-        assert_eq!(
-            refresh_request(duplicate).unwrap(),
-            "b",
-            "the last duplicate wins, consistently"
+        assert!(
+            matches!(refresh_request(duplicate), Err(Error::InvalidRequest(m)) if m.contains("duplicate")),
+            "a key given twice is refused"
         );
+        assert!(
+            matches!(json_object(b"[1]"), Err(Error::InvalidRequest(m)) if m.contains("object"))
+        );
+        assert!(
+            matches!(json_object(b"{\"a\":"), Err(Error::InvalidRequest(m)) if m.contains("valid JSON"))
+        );
+        let nested = br#"{"refreshToken":"a","x":{"k":1}}"#;
+        assert_eq!(refresh_request(nested).unwrap(), "a");
         let huge_number = br#"{"email":1e999999,"password":"x"}"#;
         assert!(login_request(huge_number).is_err());
         assert!(

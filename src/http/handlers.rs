@@ -8,7 +8,7 @@ use hyper::{Request, StatusCode};
 use serde_json::json;
 
 use super::{decode, empty_response, json_response, read_json_body, HttpResponse};
-use crate::app::{now_millis, App};
+use crate::app::App;
 use crate::auth::{LoginAttempt, TokenPair};
 use crate::error::Error;
 
@@ -36,27 +36,25 @@ pub async fn login(
         client_type: login.client_type,
         client_address: Some(client),
     };
-    let pair = app.auth.login(attempt, now_millis()).await?;
+    let pair = app.auth.login(attempt).await?;
     Ok(token_pair_response(&pair))
 }
 
 pub async fn refresh(app: &App, request: Request<Incoming>) -> Result<HttpResponse, Error> {
     let token = decode::refresh_request(&read_json_body(request, app.config.body_timeout).await?)?;
-    let pair = app.auth.refresh(&token, now_millis()).await?;
+    let pair = app.auth.refresh(&token).await?;
     Ok(token_pair_response(&pair))
 }
 
 pub async fn logout(app: &App, request: Request<Incoming>) -> Result<HttpResponse, Error> {
     let logout = decode::logout_request(&read_json_body(request, app.config.body_timeout).await?)?;
-    app.auth
-        .logout(&logout.refresh_token, logout.scope, now_millis())
-        .await?;
+    app.auth.logout(&logout.refresh_token, logout.scope).await?;
     Ok(empty_response(StatusCode::NO_CONTENT))
 }
 
 pub async fn profile(app: &App, request: &Request<Incoming>) -> Result<HttpResponse, Error> {
     let token = decode::bearer_token(request.headers().get(header::AUTHORIZATION))?;
-    let profile = app.auth.profile(token, now_millis()).await?;
+    let profile = app.auth.profile(token).await?;
     Ok(json_response(
         StatusCode::OK,
         &json!({ "profile": profile }),

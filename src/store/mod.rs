@@ -15,6 +15,7 @@ pub mod space;
 use async_trait::async_trait;
 use std::fmt;
 
+use crate::clock::Clock;
 use crate::session::{
     Millis, RefreshDecision, RotationPolicy, Session, SessionId, TokenId, UserId,
 };
@@ -84,13 +85,27 @@ pub enum RefreshOutcome {
     },
 }
 
-/// How far a logout reaches.
+/// How far a logout reaches (`scope` on the wire).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogoutScope {
-    /// The presented token's session.
-    Session,
-    /// Every session of the token's user.
-    AllSessionsOfUser,
+    /// `local`: the presented token's session.
+    Local,
+    /// `global`: every session of the token's user.
+    Global,
+}
+
+/// The result of a global logout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GlobalLogout {
+    /// Every session of the user was revoked; this many were still live.
+    Done { revoked: usize },
+    /// No user with the token's `sub` exists (any more).
+    UserGone,
+    /// No such session, or it belongs to another user.
+    UnknownSession,
+    /// The token is not one refresh would accept now; nothing else was
+    /// revoked. On [`RefreshDecision::Reused`] its own session now is.
+    Refused(RefreshDecision),
 }
 
 /// A storage failure. Never shown to clients (they get `unavailable`).
@@ -159,6 +174,7 @@ pub trait Store: Send + Sync + 'static {
     /// Creates a user; `Ok(None)` when the email is already taken.
     async fn create_user(&self, user: NewUser) -> StoreResult<Option<User>>;
     async fn user_by_email(&self, email: &str) -> StoreResult<Option<User>>;
+    async fn user(&self, id: UserId) -> StoreResult<Option<User>>;
     async fn list_users(&self) -> StoreResult<Vec<User>>;
     /// Removes a user and deletes all of their sessions; `None` if unknown.
     async fn remove_user(&self, email: &str) -> StoreResult<Option<User>>;
@@ -170,28 +186,51 @@ pub trait Store: Send + Sync + 'static {
         new_hash: &str,
     ) -> StoreResult<bool>;
 
-    async fn create_session(&self, id: SessionId, session: &Session) -> StoreResult<()>;
+    /// Stores a new session. If its user would then have more than
+    /// `max_live` live sessions, the oldest live ones are revoked, and the
+    /// oldest ended ones are deleted so that at most `2 × max_live` are
+    /// kept, so everything done per user has a bounded cost. Returns how
+    /// many live sessions the cap revoked.
+    async fn create_session(
+        &self,
+        id: SessionId,
+        session: &Session,
+        max_live: usize,
+    ) -> StoreResult<usize>;
     async fn session(&self, id: SessionId) -> StoreResult<Option<Session>>;
     /// Presents refresh token `presented` of user `user_id` to session `id`:
-    /// one atomic, durable step (see the module doc).
+    /// one atomic, durable step (see the module doc). The decision reads
+    /// `clock` when it is applied, not when the request arrived, so time
+    /// spent in a queue cannot stretch the grace window.
     async fn refresh_session(
         &self,
         id: SessionId,
         user_id: UserId,
         presented: TokenId,
-        now: Millis,
+        clock: &Clock,
         policy: RotationPolicy,
         fresh_jti: TokenId,
     ) -> StoreResult<RefreshOutcome>;
-    /// Revokes the session, or all sessions of its user, if the session is
-    /// live and belongs to `user_id`. Returns how many sessions were revoked.
-    async fn logout(
+    /// Revokes session `id` if it is live and belongs to `user_id`.
+    /// Returns whether it was revoked now.
+    async fn revoke_session(
         &self,
         id: SessionId,
         user_id: UserId,
-        scope: LogoutScope,
         now: Millis,
-    ) -> StoreResult<usize>;
+    ) -> StoreResult<bool>;
+    /// Revokes every session of `user_id`, if `presented` is a token of
+    /// session `id` that refresh would accept now (see
+    /// [`Session::authorise_global_logout`]); decided when applied, as
+    /// [`Store::refresh_session`] is.
+    async fn logout_everywhere(
+        &self,
+        id: SessionId,
+        user_id: UserId,
+        presented: TokenId,
+        clock: &Clock,
+        policy: RotationPolicy,
+    ) -> StoreResult<GlobalLogout>;
     /// Deletes up to `limit` sessions whose absolute end is before `now`.
     async fn sweep_expired_sessions(&self, now: Millis, limit: usize) -> StoreResult<usize>;
     /// Succeeds when the database is readable.

@@ -30,7 +30,8 @@ impl SpaceGuard {
         }
     }
 
-    /// Changes the reserve (tests use it to simulate a full disk).
+    /// Changes the reserve, to simulate a full disk (test builds only).
+    #[cfg(any(test, feature = "test-hooks"))]
     pub fn set_reserve(&self, bytes: u64) {
         self.reserve_bytes.store(bytes, Ordering::Relaxed);
     }

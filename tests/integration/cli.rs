@@ -187,7 +187,13 @@ async fn secret_file_and_seed_users_and_environment_variables() {
     // Tokens are signed with the file's secret (without its newline).
     use latchkey::tokens::TokenType;
     let keys = test_keys();
-    assert!(keys.verify(&flagged.access, TokenType::Access).is_ok());
+    assert!(keys
+        .verify(
+            &flagged.access,
+            TokenType::Access,
+            latchkey::clock::system_millis() / 1000
+        )
+        .is_ok());
     drop(server);
 
     let (_dir2, data2) = data_dir();

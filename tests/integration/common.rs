@@ -65,6 +65,7 @@ pub fn test_config(data: &Path) -> ServeConfig {
         throttle: Some(latchkey::throttle::ThrottlePolicy::default()),
         trusted_proxies: Vec::new(),
         max_connections: 10_000,
+        max_sessions_per_user: 100,
         header_timeout: Duration::from_secs(10),
         body_timeout: Duration::from_secs(10),
     }

@@ -1,118 +1,48 @@
-//! Opening the database file, and the file backend redb writes through.
-//!
-//! [`GuardedFile`] wraps redb's own file backend and passes everything
-//! through, except that [`StorageFaults`] can make writes fail the way a
-//! full or read-only disk does. Production never sets the switch; the tests
-//! use it to prove that the store survives real write errors.
-//! [`Opener::read_only_view`] opens the file through
-//! [`super::read_only::ReadOnlyFile`] instead, for when it cannot be written.
+//! Opening the database file: for writing through redb's own file backend,
+//! or, for when it cannot be written, as a read-only view through
+//! [`super::read_only::ReadOnlyFile`]. Test builds (the `test-hooks`
+//! feature) write through [`super::fault_injecting_file`] instead, which
+//! can make writes fail the way a failing disk does.
 
 use std::fs::{File, OpenOptions};
-use std::ops::Bound;
 use std::os::unix::fs::OpenOptionsExt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use redb::backends::FileBackend;
-use redb::{BackendError, Database, DatabaseError, StorageBackend};
+use redb::{Database, DatabaseError, StorageBackend};
 
 use super::read_only::{ReadOnlyFile, Seal};
 
-/// A switch that makes every write to the database file fail (EROFS).
-#[derive(Debug, Default)]
-pub struct StorageFaults {
-    fail_writes: AtomicBool,
-}
-
-impl StorageFaults {
-    pub fn set_fail_writes(&self, fail: bool) {
-        self.fail_writes.store(fail, Ordering::Release);
-    }
-
-    fn check(&self) -> std::io::Result<()> {
-        if self.fail_writes.load(Ordering::Acquire) {
-            return Err(std::io::Error::from_raw_os_error(30)); // EROFS
-        }
-        Ok(())
-    }
-}
-
-#[derive(Debug)]
-pub(super) struct GuardedFile {
-    inner: FileBackend,
-    faults: Arc<StorageFaults>,
-}
-
-impl StorageBackend for GuardedFile {
-    fn len(&self) -> Result<u64, std::io::Error> {
-        self.inner.len()
-    }
-
-    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
-        self.inner.read(offset, out)
-    }
-
-    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
-        self.faults.check()?;
-        self.inner.set_len(len)
-    }
-
-    fn sync_data(&self) -> Result<(), std::io::Error> {
-        self.faults.check()?;
-        self.inner.sync_data()
-    }
-
-    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
-        self.faults.check()?;
-        self.inner.write(offset, data)
-    }
-
-    fn close(&self) -> Result<(), std::io::Error> {
-        self.inner.close()
-    }
-
-    fn try_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
-        self.inner.try_lock_range(start, end)
-    }
-
-    fn try_lock_shared_range(
-        &self,
-        start: Bound<u64>,
-        end: Bound<u64>,
-    ) -> Result<bool, BackendError> {
-        self.inner.try_lock_shared_range(start, end)
-    }
-
-    fn lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
-        self.inner.lock_range(start, end)
-    }
-
-    fn lock_shared_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
-        self.inner.lock_shared_range(start, end)
-    }
-
-    fn unlock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
-        self.inner.unlock_range(start, end)
-    }
-
-    fn query_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
-        self.inner.query_lock_range(start, end)
-    }
-}
-
 /// How to (re)open the database file.
 pub(super) struct Opener {
-    pub(super) path: std::path::PathBuf,
+    pub(super) path: PathBuf,
     pub(super) cache_bytes: usize,
-    pub(super) faults: Arc<StorageFaults>,
+    #[cfg(feature = "test-hooks")]
+    pub(super) hooks: Arc<crate::test_hooks::TestHooks>,
 }
 
 impl Opener {
-    fn backend(&self, file: File) -> Result<GuardedFile, DatabaseError> {
-        Ok(GuardedFile {
-            inner: FileBackend::new(file)?,
-            faults: Arc::clone(&self.faults),
-        })
+    pub(super) fn new(path: PathBuf, cache_bytes: usize) -> Self {
+        Opener {
+            path,
+            cache_bytes,
+            #[cfg(feature = "test-hooks")]
+            hooks: Arc::default(),
+        }
+    }
+
+    #[cfg(not(feature = "test-hooks"))]
+    fn backend(&self, file: File) -> Result<impl StorageBackend, DatabaseError> {
+        Ok(FileBackend::new(file)?)
+    }
+
+    #[cfg(feature = "test-hooks")]
+    fn backend(&self, file: File) -> Result<impl StorageBackend, DatabaseError> {
+        Ok(super::fault_injecting_file::FaultInjectingFile::new(
+            FileBackend::new(file)?,
+            Arc::clone(&self.hooks),
+        ))
     }
 
     /// Opens (or creates, mode 0600) the database for reading and writing.
@@ -148,7 +78,7 @@ impl Opener {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "test-hooks"))]
 mod tests {
     use super::*;
     use redb::{ReadableDatabase, TableDefinition};
@@ -161,16 +91,12 @@ mod tests {
     #[test]
     fn the_read_only_view_opens_a_file_that_failed_writes_left_behind() {
         let dir = tempfile::tempdir().unwrap();
-        let opener = Opener {
-            path: dir.path().join("db.redb"),
-            cache_bytes: 1 << 20,
-            faults: Arc::new(StorageFaults::default()),
-        };
+        let opener = Opener::new(dir.path().join("db.redb"), 1 << 20);
         let db = opener.writable().unwrap();
         let txn = db.begin_write().unwrap();
         txn.open_table(TABLE).unwrap().insert(1, 10).unwrap();
         txn.commit().unwrap();
-        opener.faults.set_fail_writes(true);
+        opener.hooks.set_fail_writes(true);
         let txn = db.begin_write().unwrap();
         txn.open_table(TABLE).unwrap().insert(1, 11).unwrap();
         assert!(txn.commit().is_err());
@@ -193,7 +119,7 @@ mod tests {
         drop(view);
         assert_eq!(std::fs::read(&opener.path).unwrap(), file_before);
 
-        opener.faults.set_fail_writes(false);
+        opener.hooks.set_fail_writes(false);
         let db = opener.writable().unwrap();
         let read = db.begin_read().unwrap();
         assert_eq!(

@@ -27,15 +27,15 @@
 //! `bulk.rs` (bulk loading for `bench --populate`).
 
 mod bulk;
+#[cfg(feature = "test-hooks")]
+mod fault_injecting_file;
 mod file;
 mod read_only;
 mod records;
 mod writer;
 
-pub use file::StorageFaults;
-
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::path::Path;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::thread::JoinHandle;
 
 use async_trait::async_trait;
@@ -46,8 +46,11 @@ use redb::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::space::SpaceGuard;
-use super::{LogoutScope, NewUser, RefreshOutcome, Store, StoreError, StoreResult, User};
-use crate::session::{Millis, RotationPolicy, Session, SessionId, TokenId, UserId};
+use super::{GlobalLogout, NewUser, RefreshOutcome, Store, StoreError, StoreResult, User};
+use crate::clock::Clock;
+use crate::session::{
+    Millis, RefreshDecision, RotationPolicy, Session, SessionId, TokenId, UserId,
+};
 use file::Opener;
 use records::{
     decode_user, delete_session, encode_user, put_session, read_session, read_user,
@@ -110,7 +113,6 @@ struct Snapshot {
 
 pub struct RedbStore {
     slot: Arc<Slot>,
-    path: PathBuf,
     jobs: Option<mpsc::Sender<Box<dyn WriteJob>>>,
     writer: Option<JoinHandle<()>>,
 }
@@ -118,18 +120,27 @@ pub struct RedbStore {
 impl RedbStore {
     /// Opens (or creates, mode 0600) the database at `path` with a page cache
     /// of `cache_bytes`, and starts its writer, which asks `space` before
-    /// every commit. `faults` can make writes fail (tests).
-    pub fn open(
+    /// every commit.
+    pub fn open(path: &Path, cache_bytes: usize, space: Arc<SpaceGuard>) -> StoreResult<Self> {
+        Self::open_with(Opener::new(path.to_path_buf(), cache_bytes), space)
+    }
+
+    /// [`RedbStore::open`], with test hooks that can make writes fail and
+    /// the writer panic (test builds only).
+    #[cfg(feature = "test-hooks")]
+    pub fn open_with_hooks(
         path: &Path,
         cache_bytes: usize,
         space: Arc<SpaceGuard>,
-        faults: Arc<StorageFaults>,
+        hooks: Arc<crate::test_hooks::TestHooks>,
     ) -> StoreResult<Self> {
-        let opener = Opener {
-            path: path.to_path_buf(),
-            cache_bytes,
-            faults,
-        };
+        let mut opener = Opener::new(path.to_path_buf(), cache_bytes);
+        opener.hooks = hooks;
+        Self::open_with(opener, space)
+    }
+
+    fn open_with(opener: Opener, space: Arc<SpaceGuard>) -> StoreResult<Self> {
+        let path = opener.path.clone();
         let handle = match opener.writable() {
             Ok(db) => {
                 create_tables(&db)?;
@@ -168,22 +179,19 @@ impl RedbStore {
             .map_err(backend)?;
         Ok(RedbStore {
             slot,
-            path: path.to_path_buf(),
             jobs: Some(jobs),
             writer: Some(writer),
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// A read snapshot of the current database handle, writable or not.
     /// [`StoreError::Io`] when the handle saw an I/O error (or there is none).
     fn snapshot(slot: &Slot) -> StoreResult<Snapshot> {
+        // Only the writer takes the lock to write, for a swap that cannot
+        // leave the slot half-written: a poisoned lock holds a usable value.
         let database = slot
             .read()
-            .map_err(|_| StoreError::Backend("handle lock poisoned".into()))?
+            .unwrap_or_else(PoisonError::into_inner)
             .as_ref()
             .map(|handle| Arc::clone(handle.database()))
             .ok_or_else(|| StoreError::Io("the database file cannot be opened".into()))?;
@@ -226,9 +234,8 @@ impl RedbStore {
 
     /// Whether the current handle accepts writes.
     fn is_writable(&self) -> bool {
-        self.slot
-            .read()
-            .is_ok_and(|handle| matches!(*handle, Some(Handle::Writable(_))))
+        let handle = self.slot.read().unwrap_or_else(PoisonError::into_inner);
+        matches!(*handle, Some(Handle::Writable(_)))
     }
 
     async fn write<T, F>(&self, operation: F) -> StoreResult<T>
@@ -265,6 +272,58 @@ impl RedbStore {
         })
         .await
     }
+}
+
+/// Keeps a user below the session cap before `new` is stored (see
+/// [`Store::create_session`]): revokes the oldest live sessions past
+/// `max_live - 1` and deletes the oldest ended ones past `2 × max_live - 1`.
+/// Costs one index range read while the user has fewer than `max_live`
+/// sessions of any kind.
+fn make_room_for_a_session(
+    txn: &WriteTransaction,
+    new: &Session,
+    max_live: usize,
+) -> StoreResult<usize> {
+    let max_live = max_live.max(1);
+    let ids = sessions_of_user(txn, new.user_id)?;
+    if ids.len() < max_live {
+        return Ok(0);
+    }
+    let mut sessions = Vec::with_capacity(ids.len());
+    for sid in ids {
+        if let Some(session) = write_txn_session(txn, SessionId(sid))? {
+            sessions.push((sid, session));
+        }
+    }
+    // Oldest first: session ids are time-ordered.
+    let live = sessions
+        .iter()
+        .filter(|(_, s)| s.is_live(new.created_at))
+        .count();
+    let mut to_revoke = (live + 1).saturating_sub(max_live);
+    let mut revoked = 0;
+    for (sid, session) in &mut sessions {
+        if to_revoke == 0 {
+            break;
+        }
+        if session.is_live(new.created_at) {
+            session.revoked = true;
+            put_session(txn, SessionId(*sid), session)?;
+            to_revoke -= 1;
+            revoked += 1;
+        }
+    }
+    let mut to_delete = (sessions.len() + 1).saturating_sub(2 * max_live);
+    for (sid, session) in &sessions {
+        if to_delete == 0 {
+            break;
+        }
+        if !session.is_live(new.created_at) {
+            delete_session(txn, *sid, session)?;
+            to_delete -= 1;
+        }
+    }
+    Ok(revoked)
 }
 
 /// Creates the tables a new file lacks (a no-op on an existing one).
@@ -331,6 +390,10 @@ impl Store for RedbStore {
         .await
     }
 
+    async fn user(&self, id: UserId) -> StoreResult<Option<User>> {
+        self.read(move |txn| read_user(txn, id)).await
+    }
+
     async fn list_users(&self) -> StoreResult<Vec<User>> {
         self.read(|txn| {
             let users = txn.open_table(USERS).map_err(backend)?;
@@ -395,9 +458,15 @@ impl Store for RedbStore {
         .await
     }
 
-    async fn create_session(&self, id: SessionId, session: &Session) -> StoreResult<()> {
+    async fn create_session(
+        &self,
+        id: SessionId,
+        session: &Session,
+        max_live: usize,
+    ) -> StoreResult<usize> {
         let session = session.clone();
         self.write(move |txn| {
+            let revoked = make_room_for_a_session(txn, &session, max_live)?;
             put_session(txn, id, &session)?;
             txn.open_table(USER_SESSIONS)
                 .map_err(backend)?
@@ -407,7 +476,7 @@ impl Store for RedbStore {
                 .map_err(backend)?
                 .insert((session.expires_at, id.0), ())
                 .map_err(backend)?;
-            Ok(())
+            Ok(revoked)
         })
         .await
     }
@@ -430,10 +499,11 @@ impl Store for RedbStore {
         id: SessionId,
         user_id: UserId,
         presented: TokenId,
-        now: Millis,
+        clock: &Clock,
         policy: RotationPolicy,
         fresh_jti: TokenId,
     ) -> StoreResult<RefreshOutcome> {
+        let clock = clock.clone();
         self.write(move |txn| {
             let Some(user) = write_txn_user(txn, user_id)? else {
                 return Ok(RefreshOutcome::UserGone);
@@ -442,7 +512,7 @@ impl Store for RedbStore {
             else {
                 return Ok(RefreshOutcome::UnknownSession);
             };
-            let decision = session.refresh(presented, now, policy, fresh_jti);
+            let decision = session.refresh(presented, clock.now_millis(), policy, fresh_jti);
             if decision.changes_session() {
                 put_session(txn, id, &session)?;
             }
@@ -455,26 +525,53 @@ impl Store for RedbStore {
         .await
     }
 
-    async fn logout(
+    async fn revoke_session(
         &self,
         id: SessionId,
         user_id: UserId,
-        scope: LogoutScope,
         now: Millis,
-    ) -> StoreResult<usize> {
+    ) -> StoreResult<bool> {
         self.write(move |txn| {
-            let Some(session) = write_txn_session(txn, id)? else {
-                return Ok(0);
+            let Some(mut session) = write_txn_session(txn, id)? else {
+                return Ok(false);
             };
             if session.user_id != user_id || !session.is_live(now) {
-                return Ok(0);
+                return Ok(false);
             }
-            let targets = match scope {
-                LogoutScope::Session => vec![id.0],
-                LogoutScope::AllSessionsOfUser => sessions_of_user(txn, user_id)?,
+            session.revoked = true;
+            put_session(txn, id, &session)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn logout_everywhere(
+        &self,
+        id: SessionId,
+        user_id: UserId,
+        presented: TokenId,
+        clock: &Clock,
+        policy: RotationPolicy,
+    ) -> StoreResult<GlobalLogout> {
+        let clock = clock.clone();
+        self.write(move |txn| {
+            if write_txn_user(txn, user_id)?.is_none() {
+                return Ok(GlobalLogout::UserGone);
+            }
+            let Some(mut session) = write_txn_session(txn, id)?.filter(|s| s.user_id == user_id)
+            else {
+                return Ok(GlobalLogout::UnknownSession);
             };
+            if let Err(refused) =
+                session.authorise_global_logout(presented, clock.now_millis(), policy)
+            {
+                if refused == RefreshDecision::Reused {
+                    put_session(txn, id, &session)?;
+                }
+                return Ok(GlobalLogout::Refused(refused));
+            }
             let mut revoked = 0;
-            for sid in targets {
+            for sid in sessions_of_user(txn, user_id)? {
                 if let Some(mut target) = write_txn_session(txn, SessionId(sid))? {
                     if !target.revoked {
                         target.revoked = true;
@@ -483,7 +580,7 @@ impl Store for RedbStore {
                     }
                 }
             }
-            Ok(revoked)
+            Ok(GlobalLogout::Done { revoked })
         })
         .await
     }
@@ -533,9 +630,10 @@ impl Store for RedbStore {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "test-hooks"))]
 mod tests {
     use super::*;
+    use crate::test_hooks::TestHooks;
 
     fn new_user(email: &str) -> NewUser {
         NewUser {
@@ -547,9 +645,9 @@ mod tests {
         }
     }
 
-    fn open(path: &Path, faults: &Arc<StorageFaults>) -> StoreResult<RedbStore> {
+    fn open(path: &Path, hooks: &Arc<TestHooks>) -> StoreResult<RedbStore> {
         let space = Arc::new(SpaceGuard::new(path, 0));
-        RedbStore::open(path, 1 << 20, space, Arc::clone(faults))
+        RedbStore::open_with_hooks(path, 1 << 20, space, Arc::clone(hooks))
     }
 
     /// A file that cannot be written at start is served read-only, and the
@@ -558,7 +656,7 @@ mod tests {
     async fn a_file_that_cannot_be_written_at_start_is_served_read_only() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.redb");
-        let faults = Arc::new(StorageFaults::default());
+        let faults = Arc::new(TestHooks::default());
         let store = open(&path, &faults).unwrap();
         let ana = store.create_user(new_user("ana@example.com")).await;
         assert!(ana.unwrap().is_some());
@@ -586,7 +684,7 @@ mod tests {
     fn a_missing_or_empty_file_that_cannot_be_written_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.redb");
-        let faults = Arc::new(StorageFaults::default());
+        let faults = Arc::new(TestHooks::default());
         faults.set_fail_writes(true);
         assert!(matches!(open(&path, &faults), Err(StoreError::Backend(_))));
     }
