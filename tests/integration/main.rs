@@ -8,3 +8,5 @@ mod common;
 mod concurrency;
 mod durability;
 mod hardening;
+mod limits;
+mod throttle;
