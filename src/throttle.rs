@@ -749,3 +749,39 @@ mod tests {
         assert!(throttle.check("a@b.c", None, Instant::now()).is_ok());
     }
 }
+
+/// Measures what full tables cost (run with `--ignored --nocapture`; the
+/// figure is in the README's Hardening section).
+#[cfg(test)]
+mod measure {
+    use super::*;
+
+    fn rss_kib() -> u64 {
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn memory_of_full_tables() {
+        let policy = ThrottlePolicy::default();
+        let before = rss_kib();
+        let throttle = Throttle::new(policy);
+        let t0 = Instant::now();
+        for n in 0..(2 * policy.capacity as u32) {
+            let ip = IpAddr::from(n.to_be_bytes());
+            throttle.fail_at(&format!("user{n}@example.com"), Some(ip), t0);
+        }
+        let (accounts, addresses) = throttle.sizes();
+        let after = rss_kib();
+        println!(
+            "{accounts} account and {addresses} address records: {} KiB ({} bytes a record)",
+            after - before,
+            (after - before) * 1024 / (accounts + addresses) as u64
+        );
+    }
+}

@@ -85,11 +85,15 @@ async fn route(
 }
 
 pub fn error_response(error: &Error) -> HttpResponse {
+    let mut body = serde_json::json!({ "error": error.code(), "message": error.client_message() });
     if error.is_server_fault() {
-        let incident = crate::session::TokenId::generate().to_hex();
-        tracing::error!(incident = %&incident[..12], cause = %error, "request failed");
+        let incident = crate::session::TokenId::generate().to_hex()[..12].to_string();
+        tracing::error!(incident = %incident, cause = %error, "request failed");
+        // A 500 names the log line of its cause, so a user's report can be matched to it.
+        if matches!(error, Error::Internal(_)) {
+            body["incidentId"] = serde_json::json!(incident);
+        }
     }
-    let body = serde_json::json!({ "error": error.code(), "message": error.client_message() });
     let mut response = json_response(error.status(), &body);
     let headers = response.headers_mut();
     match error {
