@@ -1,12 +1,10 @@
-//! The one error type of the request path and its mapping to HTTP.
+//! The domain's error type: every way a use case can fail, in domain words.
 //!
-//! Every failure a client can see is a variant here, named in domain words.
-//! [`Error::status`] and [`Error::code`] are the only place that chooses a
-//! status code or an error code. Client errors carry a fixed, short message;
-//! internal errors are logged with their cause under an id, and the client
-//! sees only that id. No variant ever carries a token or a password.
+//! No HTTP here: [`crate::http::error`] owns the one table that turns these
+//! (and the HTTP layer's own failures: unknown route, wrong method, body too
+//! large…) into status codes, error codes and client messages. No variant
+//! ever carries a token or a password; internal causes are for the log.
 
-use hyper::StatusCode;
 use std::fmt;
 
 use crate::store::StoreError;
@@ -25,18 +23,10 @@ pub enum Error {
     TokenReused,
     SessionRevoked,
     UserNotFound,
-    NotFound,
-    MethodNotAllowed {
-        allow: &'static str,
-    },
-    PayloadTooLarge,
-    UnsupportedMediaType,
     /// Too many failed logins for this account or client; retry after the delay.
     RateLimited {
         retry_after_secs: u64,
     },
-    /// The client took too long to send its request body.
-    RequestTimeout,
     /// Too many password hashes are running or waiting; retry shortly.
     Overloaded,
     /// The database cannot serve the request right now.
@@ -46,75 +36,6 @@ pub enum Error {
 }
 
 impl Error {
-    pub fn status(&self) -> StatusCode {
-        match self {
-            Error::InvalidRequest(_) => StatusCode::BAD_REQUEST,
-            Error::InvalidCredentials
-            | Error::InvalidToken(_)
-            | Error::TokenExpired
-            | Error::TokenReused
-            | Error::SessionRevoked => StatusCode::UNAUTHORIZED,
-            Error::RoleNotAllowed => StatusCode::FORBIDDEN,
-            Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Error::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-            Error::UserNotFound | Error::NotFound => StatusCode::NOT_FOUND,
-            Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Error::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Error::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Error::Unavailable(_) | Error::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
-            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-
-    pub fn code(&self) -> &'static str {
-        match self {
-            Error::InvalidRequest(_) => "invalid_request",
-            Error::InvalidCredentials => "invalid_credentials",
-            Error::RoleNotAllowed => "role_not_allowed",
-            Error::InvalidToken(_) => "invalid_token",
-            Error::TokenExpired => "token_expired",
-            Error::TokenReused => "token_reused",
-            Error::SessionRevoked => "session_revoked",
-            Error::UserNotFound => "user_not_found",
-            Error::NotFound => "not_found",
-            Error::MethodNotAllowed { .. } => "method_not_allowed",
-            Error::PayloadTooLarge => "payload_too_large",
-            Error::UnsupportedMediaType => "unsupported_media_type",
-            Error::RateLimited { .. } => "rate_limited",
-            Error::RequestTimeout => "request_timeout",
-            Error::Overloaded => "overloaded",
-            Error::Unavailable(_) => "unavailable",
-            Error::Internal(_) => "internal_error",
-        }
-    }
-
-    /// The human text for the client. Internal causes are not included.
-    pub fn client_message(&self) -> String {
-        match self {
-            Error::InvalidRequest(text) => text.clone(),
-            Error::InvalidCredentials => "email or password is incorrect".into(),
-            Error::RoleNotAllowed => "this account may not log in to this client type".into(),
-            Error::InvalidToken(why) => format!("the token is invalid: {why}"),
-            Error::TokenExpired => "the token has expired; log in again".into(),
-            Error::TokenReused => {
-                "this refresh token was already used; its session has been revoked".into()
-            }
-            Error::SessionRevoked => "the session has been revoked; log in again".into(),
-            Error::UserNotFound => "the user behind this token no longer exists".into(),
-            Error::NotFound => "no such endpoint".into(),
-            Error::MethodNotAllowed { allow } => format!("method not allowed; use {allow}"),
-            Error::PayloadTooLarge => "the request body is larger than 16 KiB".into(),
-            Error::UnsupportedMediaType => "the request body must be application/json".into(),
-            Error::RateLimited { retry_after_secs } => {
-                format!("too many failed logins; retry in {retry_after_secs} s")
-            }
-            Error::RequestTimeout => "the request body took too long to arrive".into(),
-            Error::Overloaded => "too many logins at once; retry shortly".into(),
-            Error::Unavailable(_) => "the database is unavailable; try again later".into(),
-            Error::Internal(_) => "internal error".into(),
-        }
-    }
-
     /// Whether this error should be logged with its cause (server-side
     /// faults), except lasting store conditions, which the store logs once.
     pub fn is_server_fault(&self) -> bool {
@@ -129,9 +50,20 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Error::InvalidRequest(text) => write!(f, "invalid request: {text}"),
+            Error::InvalidCredentials => f.write_str("invalid credentials"),
+            Error::RoleNotAllowed => f.write_str("role not allowed for this client type"),
+            Error::InvalidToken(why) => write!(f, "invalid token: {why}"),
+            Error::TokenExpired => f.write_str("token expired"),
+            Error::TokenReused => f.write_str("refresh token reused; session revoked"),
+            Error::SessionRevoked => f.write_str("session revoked"),
+            Error::UserNotFound => f.write_str("user not found"),
+            Error::RateLimited { retry_after_secs } => {
+                write!(f, "rate limited for {retry_after_secs} s")
+            }
+            Error::Overloaded => f.write_str("password hashing overloaded"),
             Error::Unavailable(cause) => write!(f, "unavailable: {cause}"),
             Error::Internal(cause) => write!(f, "internal: {cause}"),
-            other => write!(f, "{}: {}", other.code(), other.client_message()),
         }
     }
 }
@@ -158,9 +90,7 @@ mod tests {
             },
         ];
         for cause in lasting {
-            let error = Error::Unavailable(cause);
-            assert_eq!(error.status(), StatusCode::SERVICE_UNAVAILABLE);
-            assert!(!error.is_server_fault());
+            assert!(!Error::Unavailable(cause).is_server_fault());
         }
         assert!(Error::Unavailable(StoreError::Io("EIO".into())).is_server_fault());
         assert!(Error::Internal("bug".into()).is_server_fault());

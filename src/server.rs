@@ -171,9 +171,9 @@ pub async fn serve(
                 let handled = CatchPanic(Box::pin(crate::http::handle(app, request, peer))).await;
                 drop(in_progress);
                 Ok::<_, std::convert::Infallible>(handled.unwrap_or_else(|()| {
-                    crate::http::error_response(&Error::Internal(
-                        "a request handler panicked".into(),
-                    ))
+                    crate::http::error_response(
+                        &Error::Internal("a request handler panicked".into()).into(),
+                    )
                 }))
             }
         });

@@ -3,9 +3,10 @@
 //! Thin by design: read a size-limited JSON body, pick fields out of it with
 //! messages that name the field (never echo its value), call one use case in
 //! [`crate::auth`], serialise the answer. Every error becomes the JSON
-//! `{"error", "message"}` body here, from [`Error::status`]/[`Error::code`].
+//! `{"error", "message"}` body in [`error`], the one table of statuses.
 
 pub mod decode;
+pub mod error;
 mod handlers;
 
 use std::net::{IpAddr, SocketAddr};
@@ -21,7 +22,7 @@ use serde_json::Value;
 
 use crate::app::App;
 use crate::config::Cidr;
-use crate::error::Error;
+pub use error::{error_response, HttpError};
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -62,7 +63,7 @@ async fn route(
     app: &App,
     request: Request<Incoming>,
     peer: SocketAddr,
-) -> Result<HttpResponse, Error> {
+) -> Result<HttpResponse, HttpError> {
     let method = request.method().clone();
     match (request.uri().path(), method) {
         ("/auth/login", Method::POST) => {
@@ -75,43 +76,13 @@ async fn route(
         ("/healthz", Method::GET) => handlers::healthz(app).await,
         ("/openapi.json", Method::GET) => Ok(openapi_document()),
         ("/auth/login" | "/auth/refresh" | "/auth/logout", _) => {
-            Err(Error::MethodNotAllowed { allow: "POST" })
+            Err(HttpError::MethodNotAllowed { allow: "POST" })
         }
         ("/auth/profile" | "/healthz" | "/openapi.json", _) => {
-            Err(Error::MethodNotAllowed { allow: "GET" })
+            Err(HttpError::MethodNotAllowed { allow: "GET" })
         }
-        _ => Err(Error::NotFound),
+        _ => Err(HttpError::NotFound),
     }
-}
-
-pub fn error_response(error: &Error) -> HttpResponse {
-    let mut body = serde_json::json!({ "error": error.code(), "message": error.client_message() });
-    if error.is_server_fault() {
-        let incident = crate::session::TokenId::generate().to_hex()[..12].to_string();
-        tracing::error!(incident = %incident, cause = %error, "request failed");
-        // A 500 names the log line of its cause, so a user's report can be matched to it.
-        if matches!(error, Error::Internal(_)) {
-            body["incidentId"] = serde_json::json!(incident);
-        }
-    }
-    let mut response = json_response(error.status(), &body);
-    let headers = response.headers_mut();
-    match error {
-        Error::MethodNotAllowed { allow } => {
-            headers.insert(header::ALLOW, HeaderValue::from_static(allow));
-        }
-        e if e.status() == StatusCode::UNAUTHORIZED => {
-            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        Error::RateLimited { retry_after_secs } => {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
-        }
-        Error::Unavailable(_) | Error::Overloaded => {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        _ => {}
-    }
-    response
 }
 
 /// The OpenAPI 3 description of this API, for clients and API fuzzers.
@@ -160,28 +131,28 @@ fn is_json(request: &Request<Incoming>) -> bool {
 /// Reads a JSON body: 415 unless `application/json`, 413 past
 /// [`MAX_BODY_BYTES`] (checked against `Content-Length` first and while
 /// reading), 408 when it does not arrive within `timeout`.
-async fn read_json_body(request: Request<Incoming>, timeout: Duration) -> Result<Bytes, Error> {
+async fn read_json_body(request: Request<Incoming>, timeout: Duration) -> Result<Bytes, HttpError> {
     if !is_json(&request) {
-        return Err(Error::UnsupportedMediaType);
+        return Err(HttpError::UnsupportedMediaType);
     }
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return Err(Error::PayloadTooLarge);
+        return Err(HttpError::PayloadTooLarge);
     }
     let collect = Limited::new(request.into_body(), MAX_BODY_BYTES).collect();
     let collected = tokio::time::timeout(timeout, collect)
         .await
-        .map_err(|_| Error::RequestTimeout)?;
+        .map_err(|_| HttpError::RequestTimeout)?;
     let body = collected.map_err(|e| {
         if e.downcast_ref::<http_body_util::LengthLimitError>()
             .is_some()
         {
-            Error::PayloadTooLarge
+            HttpError::PayloadTooLarge
         } else {
-            Error::InvalidRequest("the request body could not be read".into())
+            crate::error::Error::InvalidRequest("the request body could not be read".into()).into()
         }
     })?;
     Ok(body.to_bytes())
