@@ -33,7 +33,7 @@ impl App {
     pub async fn start(
         config: ServeConfig,
     ) -> Result<Arc<App>, Box<dyn std::error::Error + Send + Sync>> {
-        crate::config::ensure_data_folder(&config.data)?;
+        crate::store::folder::ensure_data_folder(&config.data)?;
         let (path, cache_bytes) = (config.data.clone(), config.cache_bytes);
         let space = Arc::new(SpaceGuard::new(&config.data, config.min_free_bytes));
         let store_space = Arc::clone(&space);

@@ -8,7 +8,8 @@
 use std::sync::Arc;
 
 use crate::clock::Clock;
-use crate::config::{Lifetimes, TypeRoles, MAX_PASSWORD_BYTES};
+use crate::config::{Lifetimes, TypeRoles};
+use crate::credentials::{normalize_email, MAX_PASSWORD_BYTES};
 use crate::error::Error;
 use crate::passwords::{Password, Passwords};
 use crate::session::{Millis, RefreshDecision, RotationPolicy, Session, SessionId, TokenId};
@@ -102,7 +103,7 @@ impl Auth {
     }
 
     pub async fn login(&self, attempt: LoginAttempt) -> Result<TokenPair, Error> {
-        let email = crate::config::normalize_email(&attempt.email)
+        let email = normalize_email(&attempt.email)
             .ok_or_else(|| Error::InvalidRequest("email is not a valid email address".into()))?;
         if attempt.password.as_str().is_empty() {
             return Err(Error::InvalidRequest("password must not be empty".into()));
@@ -434,7 +435,7 @@ pub async fn create_user(
     password: Password,
     now: Millis,
 ) -> Result<Option<User>, Error> {
-    let email = crate::config::normalize_email(email)
+    let email = normalize_email(email)
         .ok_or_else(|| Error::InvalidRequest("email is not a valid email address".into()))?;
     if store.user_by_email(&email).await?.is_some() {
         return Ok(None);

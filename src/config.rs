@@ -1,26 +1,24 @@
 //! Flags and environment → validated configuration.
 //!
 //! Raw clap values ([`crate::cli`]) become typed values here: durations,
-//! the signing secret (loaded or generated once), the login-type → role map,
-//! seed users, argon2 parameters. Everything is checked at start-up so a bad
-//! value stops the process with a clear message instead of failing a request.
+//! the login-type → role map, seed users, argon2 parameters, lifetimes, and
+//! the signing secret (through [`crate::secrets`]). Everything is checked at
+//! start-up so a bad value stops the process with a clear message instead
+//! of failing a request. The rules themselves live beside their users:
+//! emails and passwords in [`crate::credentials`], trusted proxies in
+//! [`crate::http::client_address`], secret files in [`crate::secrets`], the
+//! data folder in [`crate::store::folder`].
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cli::{CommonArgs, ServeArgs};
-
-/// RFC 7518 §3.2: an HS256 key must be at least as long as the hash output.
-pub const MIN_SECRET_BYTES: usize = 32;
-/// Longest password accepted; longer ones are refused before hashing.
-pub const MAX_PASSWORD_BYTES: usize = 1024;
-/// Shortest password `user add` and `--seed-user` accept.
-pub const MIN_PASSWORD_CHARS: usize = 8;
+use crate::credentials::{check_new_password, normalize_email};
+use crate::http::client_address::Cidr;
+use crate::secrets::{refuse_if_readable_by_others, resolve_secret, Secret};
 
 /// A configuration problem, reported at start-up.
 #[derive(Debug)]
@@ -36,33 +34,6 @@ impl std::error::Error for ConfigError {}
 
 fn err<T>(text: impl Into<String>) -> Result<T, ConfigError> {
     Err(ConfigError(text.into()))
-}
-
-/// Key material; `Debug` never shows the bytes.
-#[derive(Clone)]
-pub struct Secret(Vec<u8>);
-
-impl Secret {
-    pub fn new(bytes: Vec<u8>) -> Result<Self, ConfigError> {
-        if bytes.len() < MIN_SECRET_BYTES {
-            return err(format!(
-                "the signing secret is {} bytes; HS256 needs at least {MIN_SECRET_BYTES} bytes (256 bits, RFC 7518 §3.2). \
-                 Use a longer --secret, or omit it to let latchkey generate one",
-                bytes.len()
-            ));
-        }
-        Ok(Secret(bytes))
-    }
-
-    pub fn bytes(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Secret(<{} bytes>)", self.0.len())
-    }
 }
 
 /// Parses `30s`, `15m`, `1h`, `7d` (or a bare number of seconds).
@@ -165,36 +136,6 @@ pub fn parse_seed_user(text: &str) -> Result<SeedUser, ConfigError> {
     })
 }
 
-/// Rules for passwords set through the CLI. Login accepts any password up to
-/// [`MAX_PASSWORD_BYTES`]; only new passwords must meet a minimum.
-pub fn check_new_password(password: &str) -> Result<(), String> {
-    if password.chars().count() < MIN_PASSWORD_CHARS {
-        return Err(format!(
-            "the password must have at least {MIN_PASSWORD_CHARS} characters"
-        ));
-    }
-    if password.len() > MAX_PASSWORD_BYTES {
-        return Err(format!(
-            "the password must be at most {MAX_PASSWORD_BYTES} bytes"
-        ));
-    }
-    Ok(())
-}
-
-/// Trims and lower-cases an email; `None` when it is not a plausible address.
-pub fn normalize_email(raw: &str) -> Option<String> {
-    let email = raw.trim().to_lowercase();
-    let (local, domain) = email.split_once('@')?;
-    let plausible = !local.is_empty()
-        && !domain.is_empty()
-        && !domain.contains('@')
-        && !domain.starts_with('.')
-        && !domain.ends_with('.')
-        && email.len() <= 254
-        && !email.chars().any(|c| c.is_whitespace() || c.is_control());
-    plausible.then_some(email)
-}
-
 /// Login `type` → role ids it admits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TypeRoles(BTreeMap<String, Vec<i64>>);
@@ -241,58 +182,6 @@ impl TypeRoles {
 
     pub fn known_types(&self) -> Vec<&str> {
         self.0.keys().map(String::as_str).collect()
-    }
-}
-
-/// An address range in CIDR notation (`10.0.0.0/8`, `::1/128`; a bare
-/// address is a range of one).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    network: std::net::IpAddr,
-    prefix: u8,
-}
-
-impl Cidr {
-    pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let bad = || {
-            ConfigError(format!(
-                "--trusted-proxy {text:?}: expected an address or ADDRESS/PREFIX"
-            ))
-        };
-        let (address, prefix) = match text.trim().split_once('/') {
-            Some((address, prefix)) => (address, Some(prefix)),
-            None => (text.trim(), None),
-        };
-        let network: std::net::IpAddr = address.parse().map_err(|_| bad())?;
-        let max = if network.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            Some(p) => p.parse::<u8>().ok().filter(|&p| p <= max).ok_or_else(bad)?,
-            None => max,
-        };
-        Ok(Cidr { network, prefix })
-    }
-
-    pub fn contains(&self, address: std::net::IpAddr) -> bool {
-        use std::net::IpAddr;
-        let address = match address {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-            v4 => v4,
-        };
-        match (self.network, address) {
-            (IpAddr::V4(net), IpAddr::V4(addr)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(addr) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(addr)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(addr) & mask
-            }
-            _ => false,
-        }
     }
 }
 
@@ -448,178 +337,9 @@ fn seed_users(args: &ServeArgs) -> Result<Vec<SeedUser>, ConfigError> {
     Ok(users)
 }
 
-/// Refuses a file holding secrets (signing secret, passwords) that users
-/// other than its owner may read, unless `insecure` (then it only warns):
-/// anyone who can read it can mint tokens or log in as its users, and a
-/// start-up error is noticed where a warning scrolls by.
-pub fn refuse_if_readable_by_others(
-    path: &Path,
-    what: &str,
-    insecure: bool,
-) -> Result<(), ConfigError> {
-    let Ok(metadata) = fs::metadata(path) else {
-        return Ok(());
-    };
-    let mode = metadata.permissions().mode() & 0o777;
-    if mode & 0o077 == 0 {
-        return Ok(());
-    }
-    if insecure {
-        tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "{what} is accessible to other users (allowed by --insecure-secret-file)");
-        return Ok(());
-    }
-    err(format!(
-        "{what} {} is accessible to other users (mode {mode:o}); run `chmod 600 {}`, \
-         or pass --insecure-secret-file to accept it",
-        path.display(),
-        path.display()
-    ))
-}
-
-/// The signing secret: `--secret`, else `--secret-file`, else the one
-/// generated beside the database (created on first use).
-///
-/// A secret file that other users may read is refused unless
-/// `--insecure-secret-file`: anyone who can read it can mint tokens for any
-/// user, and a start-up error is noticed where a warning scrolls by.
-pub fn resolve_secret(data: &Path, args: &crate::cli::SecretArgs) -> Result<Secret, ConfigError> {
-    let check = |path: &Path| {
-        refuse_if_readable_by_others(path, "the secret file", args.insecure_secret_file)
-    };
-    match (&args.secret, &args.secret_file) {
-        (Some(text), _) => Secret::new(text.as_bytes().to_vec()),
-        (None, Some(path)) => {
-            check(path)?;
-            read_secret_file(path)
-        }
-        (None, None) => {
-            ensure_data_folder(data)?;
-            let path = generated_secret_path(data);
-            check(&path)?;
-            load_or_generate_secret(&path)
-        }
-    }
-}
-
-/// Where a generated secret is kept: beside the database, `<stem>.secret`.
-pub fn generated_secret_path(data: &Path) -> PathBuf {
-    data.with_extension("secret")
-}
-
-fn read_secret_file(path: &Path) -> Result<Secret, ConfigError> {
-    let mut bytes = fs::read(path)
-        .map_err(|e| ConfigError(format!("cannot read --secret-file {}: {e}", path.display())))?;
-    if bytes.last() == Some(&b'\n') {
-        bytes.pop();
-    }
-    Secret::new(bytes)
-}
-
-/// Reads the generated secret, or creates it (32 random bytes, mode 0600) on first start.
-fn load_or_generate_secret(path: &Path) -> Result<Secret, ConfigError> {
-    match fs::read(path) {
-        Ok(bytes) => return Secret::new(bytes),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return err(format!(
-                "cannot read the secret file {}: {e}",
-                path.display()
-            ))
-        }
-    }
-    let mut bytes = vec![0u8; MIN_SECRET_BYTES];
-    getrandom::fill(&mut bytes)
-        .map_err(|e| ConfigError(format!("no randomness available: {e}")))?;
-    let write = || -> std::io::Result<()> {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)?;
-        file.write_all(&bytes)?;
-        file.sync_all()
-    };
-    write().map_err(|e| {
-        ConfigError(format!(
-            "cannot write the secret file {}: {e}",
-            path.display()
-        ))
-    })?;
-    tracing::info!(path = %path.display(), "generated a new signing secret");
-    Secret::new(bytes)
-}
-
-/// Warns when the database's folder is accessible to other users. It is not
-/// changed behind the operator's back (a backup user may need it); the files
-/// latchkey writes in it are 0600 either way.
-pub fn warn_if_data_folder_is_shared(data: &Path) {
-    let folder = data
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let Ok(metadata) = fs::metadata(folder) else {
-        return;
-    };
-    let mode = metadata.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        tracing::warn!(
-            folder = %folder.display(),
-            mode = format!("{mode:o}"),
-            "the data folder is accessible to other users; consider `chmod 700` on it"
-        );
-    }
-}
-
-/// Creates the database's folder (mode 0700) if it does not exist yet.
-pub fn ensure_data_folder(data: &Path) -> Result<(), ConfigError> {
-    let Some(folder) = data.parent().filter(|p| !p.as_os_str().is_empty()) else {
-        return Ok(());
-    };
-    if folder.exists() {
-        return Ok(());
-    }
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(folder)
-        .map_err(|e| {
-            ConfigError(format!(
-                "cannot create the data folder {}: {e}",
-                folder.display()
-            ))
-        })?;
-    // `recursive` applies the mode only through umask; set it exactly.
-    let _ = fs::set_permissions(folder, fs::Permissions::from_mode(0o700));
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cidr_ranges() {
-        let lan = Cidr::parse("10.1.0.0/16").unwrap();
-        assert!(lan.contains("10.1.200.3".parse().unwrap()));
-        assert!(!lan.contains("10.2.0.1".parse().unwrap()));
-        assert!(
-            lan.contains("::ffff:10.1.0.9".parse().unwrap()),
-            "IPv4-mapped IPv6"
-        );
-        let one = Cidr::parse("127.0.0.1").unwrap();
-        assert!(
-            one.contains("127.0.0.1".parse().unwrap())
-                && !one.contains("127.0.0.2".parse().unwrap())
-        );
-        assert!(Cidr::parse("::/0")
-            .unwrap()
-            .contains("2001:db8::1".parse().unwrap()));
-        assert!(Cidr::parse("0.0.0.0/0")
-            .unwrap()
-            .contains("192.0.2.1".parse().unwrap()));
-        assert!(Cidr::parse("10.0.0.0/33").is_err());
-        assert!(Cidr::parse("example.com").is_err());
-    }
 
     #[test]
     fn durations() {
@@ -632,19 +352,6 @@ mod tests {
         assert!(parse_duration("h").is_err());
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("99999999999999999999d").is_err());
-    }
-
-    #[test]
-    fn emails_are_trimmed_lowercased_and_checked() {
-        assert_eq!(
-            normalize_email("  Ana@Example.COM ").as_deref(),
-            Some("ana@example.com")
-        );
-        assert_eq!(normalize_email("ana"), None);
-        assert_eq!(normalize_email("@example.com"), None);
-        assert_eq!(normalize_email("ana@"), None);
-        assert_eq!(normalize_email("a@b@c"), None);
-        assert_eq!(normalize_email("a b@c.d"), None);
     }
 
     #[test]
@@ -671,38 +378,5 @@ mod tests {
         assert!(parse_seed_user("ana@example.com:2:Ana").is_err());
         assert!(parse_seed_user("ana@example.com:x:Ana:password1").is_err());
         assert!(parse_seed_user("ana@example.com:2:Ana:short").is_err());
-    }
-
-    #[test]
-    fn short_secrets_are_refused_and_never_printed() {
-        assert!(Secret::new(vec![1; 31]).is_err());
-        let secret = Secret::new(b"0123456789abcdef0123456789abcdef".to_vec()).unwrap();
-        assert!(!format!("{secret:?}").contains("0123"));
-    }
-
-    #[test]
-    fn generated_secret_is_stable_and_private() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("latchkey.secret");
-        let first = load_or_generate_secret(&path).unwrap();
-        let second = load_or_generate_secret(&path).unwrap();
-        assert_eq!(first.bytes(), second.bytes());
-        assert_eq!(
-            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
-    }
-
-    #[test]
-    fn secret_file_loses_one_trailing_newline() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s");
-        fs::write(&path, b"0123456789abcdef0123456789abcdef\n").unwrap();
-        assert_eq!(
-            read_secret_file(&path).unwrap().bytes(),
-            b"0123456789abcdef0123456789abcdef"
-        );
-        fs::write(&path, b"short\n").unwrap();
-        assert!(read_secret_file(&path).is_err());
     }
 }

@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use latchkey::app::App;
 use latchkey::cli::{Cli, Command, CommonArgs, ServeArgs, UserCommand};
 use latchkey::clock::system_millis;
-use latchkey::config::{self, Argon2Costs, ServeConfig};
+use latchkey::config::{Argon2Costs, ServeConfig};
 use latchkey::passwords::{Password, Passwords};
 use latchkey::store::redb::RedbStore;
 use latchkey::store::space::SpaceGuard;
@@ -61,7 +61,7 @@ fn init_logging(filter: &str) {
 
 async fn serve(common: &CommonArgs, args: &ServeArgs) -> Result<(), BoxError> {
     let config = ServeConfig::from_args(common, args)?;
-    config::warn_if_data_folder_is_shared(&config.data);
+    latchkey::store::folder::warn_if_data_folder_is_shared(&config.data);
     let address = format!("{}:{}", config.bind, config.port);
     let listener = TcpListener::bind(&address)
         .await
@@ -92,7 +92,7 @@ async fn shutdown_signal() {
 }
 
 async fn open_store(common: &CommonArgs) -> Result<RedbStore, BoxError> {
-    config::ensure_data_folder(&common.data)?;
+    latchkey::store::folder::ensure_data_folder(&common.data)?;
     let path = common.data.clone();
     let cache_bytes = common.cache_mb.saturating_mul(1024 * 1024);
     let space = Arc::new(SpaceGuard::new(
@@ -105,8 +105,8 @@ async fn open_store(common: &CommonArgs) -> Result<RedbStore, BoxError> {
 async fn user_command(common: &CommonArgs, command: UserCommand) -> Result<(), BoxError> {
     match command {
         UserCommand::Add { email, name, role } => {
-            let email =
-                config::normalize_email(&email).ok_or("--email is not a valid email address")?;
+            let email = latchkey::credentials::normalize_email(&email)
+                .ok_or("--email is not a valid email address")?;
             if name.trim().is_empty() {
                 return Err("--name must not be empty".into());
             }
@@ -153,8 +153,8 @@ async fn user_command(common: &CommonArgs, command: UserCommand) -> Result<(), B
             }
         }
         UserCommand::Remove { email } => {
-            let email =
-                config::normalize_email(&email).ok_or("--email is not a valid email address")?;
+            let email = latchkey::credentials::normalize_email(&email)
+                .ok_or("--email is not a valid email address")?;
             let store = open_store(common).await?;
             match store.remove_user(&email).await? {
                 Some(user) => println!(
@@ -184,6 +184,6 @@ fn read_new_password() -> Result<Password, BoxError> {
         let line = line.strip_suffix('\n').unwrap_or(&line);
         line.strip_suffix('\r').unwrap_or(line).to_string()
     };
-    config::check_new_password(&password)?;
+    latchkey::credentials::check_new_password(&password)?;
     Ok(Password::new(password))
 }

@@ -10,8 +10,8 @@
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::config::Secret;
 use crate::error::Error;
+use crate::secrets::Secret;
 use crate::session::{IssuedRefresh, SessionId, TokenId, UserId};
 
 /// Tokens longer than this are refused before any decoding.

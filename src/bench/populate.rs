@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::BoxError;
 use crate::cli::{BenchArgs, CommonArgs};
 use crate::clock::system_millis;
-use crate::config::{self, Argon2Costs};
+use crate::config::Argon2Costs;
 use crate::passwords::{Password, Passwords};
 use crate::session::{IssuedRefresh, Session, SessionId, TokenId};
 use crate::store::redb::RedbStore;
@@ -30,15 +30,15 @@ pub async fn populate(common: &CommonArgs, args: &BenchArgs) -> Result<(), BoxEr
         args.tokens
             .as_ref()
             .ok_or("--sample-tokens needs --tokens FILE")?;
-        Some(TokenKeys::new(&config::resolve_secret(
+        Some(TokenKeys::new(&crate::secrets::resolve_secret(
             &common.data,
             &args.secret,
         )?))
     } else {
         None
     };
-    config::check_new_password(&args.password)?;
-    config::ensure_data_folder(&common.data)?;
+    crate::credentials::check_new_password(&args.password)?;
+    crate::store::folder::ensure_data_folder(&common.data)?;
     let path = common.data.clone();
     let cache = common.cache_mb.saturating_mul(1024 * 1024);
     let space = Arc::new(SpaceGuard::new(

@@ -142,7 +142,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    use crate::config::Secret;
+    use crate::secrets::Secret;
     use crate::tokens::{TokenKeys, TokenType};
 
     fn is_client_error<T>(result: &Result<T, Error>) -> bool {

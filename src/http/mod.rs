@@ -5,11 +5,12 @@
 //! [`crate::auth`], serialise the answer. Every error becomes the JSON
 //! `{"error", "message"}` body in [`error`], the one table of statuses.
 
+pub mod client_address;
 pub mod decode;
 pub mod error;
 mod handlers;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +22,6 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::Value;
 
 use crate::app::App;
-use crate::config::Cidr;
 pub use error::{error_response, HttpError};
 
 /// Largest request body accepted.
@@ -35,30 +35,6 @@ pub async fn handle(app: Arc<App>, request: Request<Incoming>, peer: SocketAddr)
     result.unwrap_or_else(|error| error_response(&error))
 }
 
-/// The client's address: the peer's, unless the peer is a trusted proxy;
-/// then the right-most `X-Forwarded-For` entry that is not itself a trusted
-/// proxy (entries further left are client-controlled and not believed).
-pub fn client_address(peer: SocketAddr, headers: &hyper::HeaderMap, trusted: &[Cidr]) -> IpAddr {
-    let is_trusted = |ip: IpAddr| trusted.iter().any(|cidr| cidr.contains(ip));
-    if !is_trusted(peer.ip()) {
-        return peer.ip();
-    }
-    let forwarded = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|entry| entry.trim().parse::<IpAddr>().ok())
-        .collect::<Vec<_>>();
-    forwarded
-        .iter()
-        .rev()
-        .copied()
-        .find(|ip| !is_trusted(*ip))
-        .or(forwarded.first().copied())
-        .unwrap_or(peer.ip())
-}
-
 async fn route(
     app: &App,
     request: Request<Incoming>,
@@ -67,7 +43,11 @@ async fn route(
     let method = request.method().clone();
     match (request.uri().path(), method) {
         ("/auth/login", Method::POST) => {
-            let client = client_address(peer, request.headers(), &app.config.trusted_proxies);
+            let client = client_address::client_address(
+                peer,
+                request.headers(),
+                &app.config.trusted_proxies,
+            );
             handlers::login(app, request, client).await
         }
         ("/auth/refresh", Method::POST) => handlers::refresh(app, request).await,

@@ -9,6 +9,7 @@
 //! Today there is one backend, [`redb::RedbStore`]; a PostgreSQL backend for
 //! several instances would implement the same trait.
 
+pub mod folder;
 pub mod redb;
 pub mod space;
 

@@ -341,7 +341,7 @@ async fn grace_window_closes_after_its_duration_from_the_first_rotation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_rejects_bad_tokens_with_their_own_codes() {
-    use latchkey::config::Secret;
+    use latchkey::secrets::Secret;
     use latchkey::session::{IssuedRefresh, SessionId, TokenId};
     use latchkey::tokens::TokenKeys;
 

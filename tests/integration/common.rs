@@ -19,7 +19,8 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use latchkey::app::App;
-use latchkey::config::{Argon2Costs, Lifetimes, Secret, ServeConfig, TypeRoles};
+use latchkey::config::{Argon2Costs, Lifetimes, ServeConfig, TypeRoles};
+use latchkey::secrets::Secret;
 
 pub const SECRET: &str = "integration-test-secret-0123456789abcdef";
 pub const PASSWORD: &str = "correct horse battery";

@@ -85,7 +85,8 @@ async fn client_addresses_come_from_x_forwarded_for_only_behind_trusted_proxies(
 
     let server = TestServer::start_with(|c| {
         c.throttle = quick_throttle(100, 3);
-        c.trusted_proxies = vec![latchkey::config::Cidr::parse("127.0.0.0/8").unwrap()];
+        c.trusted_proxies =
+            vec![latchkey::http::client_address::Cidr::parse("127.0.0.0/8").unwrap()];
     })
     .await;
     for n in 0..3 {

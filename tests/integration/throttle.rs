@@ -188,7 +188,8 @@ async fn ipv6_clients_are_limited_by_their_network() {
             base_delay: Duration::from_secs(60),
             ..ThrottlePolicy::default()
         });
-        c.trusted_proxies = vec![latchkey::config::Cidr::parse("127.0.0.0/8").unwrap()];
+        c.trusted_proxies =
+            vec![latchkey::http::client_address::Cidr::parse("127.0.0.0/8").unwrap()];
     })
     .await;
     let from = |client: &HttpClient, address: &'static str, email: String| {
