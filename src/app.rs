@@ -10,7 +10,7 @@ use crate::clock::Clock;
 use crate::config::ServeConfig;
 use crate::error::Error;
 use crate::passwords::{Password, Passwords};
-use crate::store::redb::RedbStore;
+use crate::store::redb::{Location, RedbStore};
 use crate::store::space::SpaceGuard;
 use crate::store::Store;
 use crate::tokens::TokenKeys;
@@ -33,21 +33,17 @@ impl App {
     pub async fn start(
         config: ServeConfig,
     ) -> Result<Arc<App>, Box<dyn std::error::Error + Send + Sync>> {
-        crate::store::folder::ensure_data_folder(&config.data)?;
-        let (path, cache_bytes) = (config.data.clone(), config.cache_bytes);
-        let space = Arc::new(SpaceGuard::new(&config.data, config.min_free_bytes));
-        let store_space = Arc::clone(&space);
+        let location = Location {
+            path: config.data.clone(),
+            cache_bytes: config.cache_bytes,
+            min_free_bytes: config.min_free_bytes,
+        };
         #[cfg(feature = "test-hooks")]
         let hooks = Arc::new(crate::test_hooks::TestHooks::default());
         #[cfg(feature = "test-hooks")]
-        let store_hooks = Arc::clone(&hooks);
-        let store = tokio::task::spawn_blocking(move || {
-            #[cfg(feature = "test-hooks")]
-            return RedbStore::open_with_hooks(&path, cache_bytes, store_space, store_hooks);
-            #[cfg(not(feature = "test-hooks"))]
-            RedbStore::open(&path, cache_bytes, store_space)
-        })
-        .await??;
+        let (store, space) = RedbStore::open_at_with_hooks(&location, Arc::clone(&hooks)).await?;
+        #[cfg(not(feature = "test-hooks"))]
+        let (store, space) = RedbStore::open_at(&location).await?;
         let store: Arc<dyn Store> = Arc::new(store);
         let passwords = Passwords::new(config.argon2, config.hash_workers, config.hash_queue)?;
         #[cfg(feature = "test-hooks")]

@@ -19,6 +19,7 @@ use crate::cli::{CommonArgs, ServeArgs};
 use crate::credentials::{check_new_password, normalize_email};
 use crate::http::client_address::Cidr;
 use crate::secrets::{refuse_if_readable_by_others, resolve_secret, Secret};
+use crate::throttle::ThrottlePolicy;
 
 /// A configuration problem, reported at start-up.
 #[derive(Debug)]
@@ -185,6 +186,15 @@ impl TypeRoles {
     }
 }
 
+/// Where the database is, from the flags every command shares.
+pub fn store_location(common: &CommonArgs) -> crate::store::redb::Location {
+    crate::store::redb::Location {
+        path: common.data.clone(),
+        cache_bytes: common.cache_mb.saturating_mul(1024 * 1024),
+        min_free_bytes: common.min_free_mb.saturating_mul(1024 * 1024),
+    }
+}
+
 /// Token and session lifetimes.
 #[derive(Debug, Clone, Copy)]
 pub struct Lifetimes {
@@ -214,7 +224,7 @@ pub struct ServeConfig {
     pub sweep_interval: Duration,
     pub shutdown_timeout: Duration,
     /// `None` turns login throttling off.
-    pub throttle: Option<crate::throttle::ThrottlePolicy>,
+    pub throttle: Option<ThrottlePolicy>,
     pub trusted_proxies: Vec<Cidr>,
     pub max_connections: usize,
     /// Most live sessions per user.
@@ -225,21 +235,7 @@ pub struct ServeConfig {
 
 impl ServeConfig {
     pub fn from_args(common: &CommonArgs, args: &ServeArgs) -> Result<Self, ConfigError> {
-        let lifetimes = Lifetimes {
-            access_ttl: parse_duration(&args.access_ttl)?,
-            refresh_ttl: parse_duration(&args.refresh_ttl)?,
-            reuse_grace: parse_duration(&args.reuse_grace)?,
-            session_ttl: parse_duration(&args.session_ttl)?,
-        };
-        for (flag, value) in [
-            ("--access-ttl", lifetimes.access_ttl),
-            ("--refresh-ttl", lifetimes.refresh_ttl),
-            ("--session-ttl", lifetimes.session_ttl),
-        ] {
-            if value.is_zero() {
-                return err(format!("{flag} must be longer than 0"));
-            }
-        }
+        let lifetimes = Lifetimes::from_args(args)?;
         let sweep_interval = parse_duration(&args.sweep_interval)?;
         if sweep_interval.is_zero() {
             return err("--sweep-interval must be longer than 0");
@@ -252,19 +248,7 @@ impl ServeConfig {
                 .unwrap_or(2),
         };
         let secret = resolve_secret(&common.data, &args.secret)?;
-        let throttle = if args.no_login_throttle {
-            None
-        } else {
-            Some(crate::throttle::ThrottlePolicy {
-                account_free_failures: args.throttle_account_failures,
-                address_free_failures: args.throttle_address_failures,
-                base_delay: parse_duration(&args.throttle_base_delay)?,
-                max_delay: parse_duration(&args.throttle_max_delay)?,
-                capacity: args.throttle_capacity.max(2),
-                ipv6_prefix: args.throttle_ipv6_prefix,
-                ..crate::throttle::ThrottlePolicy::default()
-            })
-        };
+        let throttle = throttle_policy(args)?;
         let header_timeout = parse_duration(&args.header_timeout)?;
         let body_timeout = parse_duration(&args.body_timeout)?;
         if header_timeout.is_zero() || body_timeout.is_zero() {
@@ -277,8 +261,8 @@ impl ServeConfig {
             bind: args.bind.clone(),
             port: args.port,
             data: common.data.clone(),
-            cache_bytes: common.cache_mb.saturating_mul(1024 * 1024),
-            min_free_bytes: common.min_free_mb.saturating_mul(1024 * 1024),
+            cache_bytes: store_location(common).cache_bytes,
+            min_free_bytes: store_location(common).min_free_bytes,
             secret,
             lifetimes,
             type_roles: TypeRoles::parse(&args.type_role)?,
@@ -302,6 +286,43 @@ impl ServeConfig {
             body_timeout,
         })
     }
+}
+
+impl Lifetimes {
+    fn from_args(args: &ServeArgs) -> Result<Self, ConfigError> {
+        let lifetimes = Lifetimes {
+            access_ttl: parse_duration(&args.access_ttl)?,
+            refresh_ttl: parse_duration(&args.refresh_ttl)?,
+            reuse_grace: parse_duration(&args.reuse_grace)?,
+            session_ttl: parse_duration(&args.session_ttl)?,
+        };
+        for (flag, value) in [
+            ("--access-ttl", lifetimes.access_ttl),
+            ("--refresh-ttl", lifetimes.refresh_ttl),
+            ("--session-ttl", lifetimes.session_ttl),
+        ] {
+            if value.is_zero() {
+                return err(format!("{flag} must be longer than 0"));
+            }
+        }
+        Ok(lifetimes)
+    }
+}
+
+/// The login throttle's policy; `None` with `--no-login-throttle`.
+fn throttle_policy(args: &ServeArgs) -> Result<Option<ThrottlePolicy>, ConfigError> {
+    if args.no_login_throttle {
+        return Ok(None);
+    }
+    Ok(Some(ThrottlePolicy {
+        account_free_failures: args.throttle_account_failures,
+        address_free_failures: args.throttle_address_failures,
+        base_delay: parse_duration(&args.throttle_base_delay)?,
+        max_delay: parse_duration(&args.throttle_max_delay)?,
+        capacity: args.throttle_capacity.max(2),
+        ipv6_prefix: args.throttle_ipv6_prefix,
+        ..ThrottlePolicy::default()
+    }))
 }
 
 /// Seed users from `--seed-user` and from `--seed-users-file`.

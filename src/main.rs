@@ -11,10 +11,9 @@ use tokio::net::TcpListener;
 use latchkey::app::App;
 use latchkey::cli::{Cli, Command, CommonArgs, ServeArgs, UserCommand};
 use latchkey::clock::system_millis;
-use latchkey::config::{Argon2Costs, ServeConfig};
+use latchkey::config::{self, Argon2Costs, ServeConfig};
 use latchkey::passwords::{Password, Passwords};
 use latchkey::store::redb::RedbStore;
-use latchkey::store::space::SpaceGuard;
 use latchkey::store::Store;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -92,78 +91,83 @@ async fn shutdown_signal() {
 }
 
 async fn open_store(common: &CommonArgs) -> Result<RedbStore, BoxError> {
-    latchkey::store::folder::ensure_data_folder(&common.data)?;
-    let path = common.data.clone();
-    let cache_bytes = common.cache_mb.saturating_mul(1024 * 1024);
-    let space = Arc::new(SpaceGuard::new(
-        &common.data,
-        common.min_free_mb.saturating_mul(1024 * 1024),
-    ));
-    Ok(tokio::task::spawn_blocking(move || RedbStore::open(&path, cache_bytes, space)).await??)
+    let (store, _) = RedbStore::open_at(&config::store_location(common)).await?;
+    Ok(store)
 }
 
 async fn user_command(common: &CommonArgs, command: UserCommand) -> Result<(), BoxError> {
     match command {
-        UserCommand::Add { email, name, role } => {
-            let email = latchkey::credentials::normalize_email(&email)
-                .ok_or("--email is not a valid email address")?;
-            if name.trim().is_empty() {
-                return Err("--name must not be empty".into());
-            }
-            let passwords = Passwords::new(Argon2Costs::from_args(common)?, 1, 1)?;
-            let store = open_store(common).await?;
-            let password = read_new_password()?;
-            let created = latchkey::auth::create_user(
-                &store,
-                &passwords,
-                &email,
-                &name,
-                role,
-                password,
-                system_millis(),
-            )
-            .await?;
-            match created {
-                Some(user) => println!(
-                    "added user {} <{}> with role {}",
-                    user.id, user.email, user.role_id
-                ),
-                None => return Err(format!("a user with email {email} already exists").into()),
-            }
+        UserCommand::Add { email, name, role } => add_user(common, &email, &name, role).await,
+        UserCommand::List { json } => list_users(common, json).await,
+        UserCommand::Remove { email } => remove_user(common, &email).await,
+    }
+}
+
+/// `user add`: the password comes from stdin or a prompt, never a flag.
+async fn add_user(common: &CommonArgs, email: &str, name: &str, role: i64) -> Result<(), BoxError> {
+    let email = latchkey::credentials::normalize_email(email)
+        .ok_or("--email is not a valid email address")?;
+    if name.trim().is_empty() {
+        return Err("--name must not be empty".into());
+    }
+    let passwords = Passwords::new(Argon2Costs::from_args(common)?, 1, 1)?;
+    let store = open_store(common).await?;
+    let password = read_new_password()?;
+    let created = latchkey::auth::create_user(
+        &store,
+        &passwords,
+        &email,
+        name,
+        role,
+        password,
+        system_millis(),
+    )
+    .await?;
+    match created {
+        Some(user) => println!(
+            "added user {} <{}> with role {}",
+            user.id, user.email, user.role_id
+        ),
+        None => return Err(format!("a user with email {email} already exists").into()),
+    }
+    Ok(())
+}
+
+/// `user list`: a table, or one JSON object a line; never a hash.
+async fn list_users(common: &CommonArgs, json: bool) -> Result<(), BoxError> {
+    let store = open_store(common).await?;
+    let users = store.list_users().await?;
+    if json {
+        for user in &users {
+            let line = serde_json::json!({
+                "id": user.id.to_string(), "email": user.email, "name": user.name,
+                "role_id": user.role_id, "createdAt": user.created_at / 1000,
+            });
+            println!("{line}");
         }
-        UserCommand::List { json } => {
-            let store = open_store(common).await?;
-            let users = store.list_users().await?;
-            if json {
-                for user in &users {
-                    let line = serde_json::json!({
-                        "id": user.id.to_string(), "email": user.email, "name": user.name,
-                        "role_id": user.role_id, "createdAt": user.created_at / 1000,
-                    });
-                    println!("{line}");
-                }
-            } else {
-                println!("{:<8} {:<32} {:<24} ROLE", "ID", "EMAIL", "NAME");
-                for user in &users {
-                    println!(
-                        "{:<8} {:<32} {:<24} {}",
-                        user.id, user.email, user.name, user.role_id
-                    );
-                }
-            }
+    } else {
+        println!("{:<8} {:<32} {:<24} ROLE", "ID", "EMAIL", "NAME");
+        for user in &users {
+            println!(
+                "{:<8} {:<32} {:<24} {}",
+                user.id, user.email, user.name, user.role_id
+            );
         }
-        UserCommand::Remove { email } => {
-            let email = latchkey::credentials::normalize_email(&email)
-                .ok_or("--email is not a valid email address")?;
-            let store = open_store(common).await?;
-            match store.remove_user(&email).await? {
-                Some(user) => println!(
-                    "removed user {} <{}> and revoked their sessions",
-                    user.id, user.email
-                ),
-                None => return Err(format!("no user with email {email}").into()),
-            }
-        }
+    }
+    Ok(())
+}
+
+/// `user remove`: the user and all of their sessions.
+async fn remove_user(common: &CommonArgs, email: &str) -> Result<(), BoxError> {
+    let email = latchkey::credentials::normalize_email(email)
+        .ok_or("--email is not a valid email address")?;
+    let store = open_store(common).await?;
+    match store.remove_user(&email).await? {
+        Some(user) => println!(
+            "removed user {} <{}> and revoked their sessions",
+            user.id, user.email
+        ),
+        None => return Err(format!("no user with email {email}").into()),
     }
     Ok(())
 }

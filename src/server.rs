@@ -122,6 +122,79 @@ impl<F: Future> Future for CatchPanic<F> {
     }
 }
 
+/// What every connection is served with.
+struct Connector {
+    app: Arc<App>,
+    builder: http1::Builder,
+    graceful: GracefulShutdown,
+    connections: Arc<Connections>,
+    next_id: u64,
+}
+
+impl Connector {
+    fn new(app: Arc<App>) -> Self {
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(app.config.header_timeout)
+            .max_buf_size(MAX_HEAD_BYTES)
+            .keep_alive(true);
+        Connector {
+            app,
+            builder,
+            graceful: GracefulShutdown::new(),
+            connections: Arc::new(Connections::default()),
+            next_id: 0,
+        }
+    }
+
+    /// Admits a connection under the cap and serves it on its own task:
+    /// every request runs under [`CatchPanic`] and counts as in progress (so
+    /// the cap does not shed the connection mid-request); the task ends when
+    /// the client goes, when shutdown has drained it, or when the cap sheds it.
+    fn serve(&mut self, stream: tokio::net::TcpStream, peer: std::net::SocketAddr) {
+        self.next_id += 1;
+        let id = self.next_id;
+        let Some((requests_in_progress, shed)) =
+            self.connections.admit(id, self.app.config.max_connections)
+        else {
+            tracing::warn!(
+                "connection limit reached and every connection is busy; refusing a connection"
+            );
+            return;
+        };
+        let _ = stream.set_nodelay(true);
+        let app = Arc::clone(&self.app);
+        let service = service_fn(move |request| {
+            let (app, in_progress) = (Arc::clone(&app), InProgress::start(&requests_in_progress));
+            async move {
+                let handled = CatchPanic(Box::pin(crate::http::handle(app, request, peer))).await;
+                drop(in_progress);
+                Ok::<_, std::convert::Infallible>(handled.unwrap_or_else(|()| {
+                    crate::http::error_response(
+                        &Error::Internal("a request handler panicked".into()).into(),
+                    )
+                }))
+            }
+        });
+        let connection = self
+            .graceful
+            .watch(self.builder.serve_connection(TokioIo::new(stream), service));
+        let connections = Arc::clone(&self.connections);
+        tokio::spawn(async move {
+            tokio::select! {
+                result = connection => {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                }
+                () = shed.notified() => tracing::debug!("closed an idle connection to admit a new one"),
+            }
+            connections.release(id);
+        });
+    }
+}
+
 /// Serves until `shutdown` completes, then lets in-flight requests finish
 /// for up to the configured shutdown timeout.
 pub async fn serve(
@@ -130,17 +203,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let sweeper = tokio::spawn(Arc::clone(&app).run_sweeper(app.config.sweep_interval));
-    let graceful = GracefulShutdown::new();
-    let connections = Arc::new(Connections::default());
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(app.config.header_timeout)
-        .max_buf_size(MAX_HEAD_BYTES)
-        .keep_alive(true);
+    let mut connector = Connector::new(Arc::clone(&app));
     tokio::pin!(shutdown);
-
-    let mut next_id: u64 = 0;
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -154,49 +218,14 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        next_id += 1;
-        let id = next_id;
-        let Some((requests_in_progress, shed)) = connections.admit(id, app.config.max_connections)
-        else {
-            tracing::warn!(
-                "connection limit reached and every connection is busy; refusing a connection"
-            );
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let app = Arc::clone(&app);
-        let service = service_fn(move |request| {
-            let (app, in_progress) = (Arc::clone(&app), InProgress::start(&requests_in_progress));
-            async move {
-                let handled = CatchPanic(Box::pin(crate::http::handle(app, request, peer))).await;
-                drop(in_progress);
-                Ok::<_, std::convert::Infallible>(handled.unwrap_or_else(|()| {
-                    crate::http::error_response(
-                        &Error::Internal("a request handler panicked".into()).into(),
-                    )
-                }))
-            }
-        });
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
-        let connections = Arc::clone(&connections);
-        tokio::spawn(async move {
-            tokio::select! {
-                result = connection => {
-                    if let Err(e) = result {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                }
-                () = shed.notified() => tracing::debug!("closed an idle connection to admit a new one"),
-            }
-            connections.release(id);
-        });
+        connector.serve(stream, peer);
     }
 
     drop(listener);
     sweeper.abort();
     let deadline = app.config.shutdown_timeout;
     tracing::info!(timeout = ?deadline, "shutting down: finishing in-flight requests");
-    if tokio::time::timeout(deadline, graceful.shutdown())
+    if tokio::time::timeout(deadline, connector.graceful.shutdown())
         .await
         .is_err()
     {

@@ -50,6 +50,21 @@ impl Endpoint {
             Endpoint::Profile => "profile",
         }
     }
+
+    fn method(self) -> Method {
+        match self {
+            Endpoint::Login | Endpoint::Refresh => Method::POST,
+            Endpoint::Profile => Method::GET,
+        }
+    }
+
+    fn path(self) -> &'static str {
+        match self {
+            Endpoint::Login => "/auth/login",
+            Endpoint::Refresh => "/auth/refresh",
+            Endpoint::Profile => "/auth/profile",
+        }
+    }
 }
 
 /// What one connection observed.
@@ -227,6 +242,28 @@ async fn set_up(
 
 /// Runs one connection: setup, then (all connections together, after the
 /// barrier) the measured loop. Answers the tally and the measured time.
+/// What a connection of `scenario` sends as its `sequence`-th request.
+fn next_endpoint(scenario: Scenario, sequence: u64) -> Endpoint {
+    match scenario {
+        Scenario::Login => Endpoint::Login,
+        Scenario::Refresh => Endpoint::Refresh,
+        Scenario::Profile => Endpoint::Profile,
+        Scenario::Mixed if sequence % MIXED_LOGIN_EVERY == MIXED_LOGIN_EVERY - 1 => Endpoint::Login,
+        Scenario::Mixed if sequence.is_multiple_of(MIXED_PROFILES_PER_REFRESH + 1) => {
+            Endpoint::Refresh
+        }
+        Scenario::Mixed => Endpoint::Profile,
+    }
+}
+
+/// The access token to send with `endpoint`, if it takes one.
+fn endpoint_bearer(endpoint: Endpoint, access: &Option<String>) -> Option<&str> {
+    match endpoint {
+        Endpoint::Profile => access.as_deref(),
+        Endpoint::Login | Endpoint::Refresh => None,
+    }
+}
+
 async fn run_connection(
     plan: Arc<Plan>,
     barrier: Arc<tokio::sync::Barrier>,
@@ -253,44 +290,22 @@ async fn run_connection(
     let deadline = started + plan.duration;
     let mut sequence: u64 = 0;
     while Instant::now() < deadline {
-        let endpoint = match plan.scenario {
-            Scenario::Login => Endpoint::Login,
-            Scenario::Refresh => Endpoint::Refresh,
-            Scenario::Profile => Endpoint::Profile,
-            Scenario::Mixed if sequence % MIXED_LOGIN_EVERY == MIXED_LOGIN_EVERY - 1 => {
-                Endpoint::Login
-            }
-            Scenario::Mixed if sequence.is_multiple_of(MIXED_PROFILES_PER_REFRESH + 1) => {
-                Endpoint::Refresh
-            }
-            Scenario::Mixed => Endpoint::Profile,
-        };
+        let endpoint = next_endpoint(plan.scenario, sequence);
         sequence += 1;
         let started = Instant::now();
-        let result = match endpoint {
-            Endpoint::Login => {
-                conn.call(
-                    Method::POST,
-                    "/auth/login",
-                    None,
-                    Some(plan.login_body(next_user())),
-                )
-                .await
-            }
-            Endpoint::Refresh => {
-                conn.call(
-                    Method::POST,
-                    "/auth/refresh",
-                    None,
-                    Some(json!({ "refreshToken": refresh })),
-                )
-                .await
-            }
-            Endpoint::Profile => {
-                conn.call(Method::GET, "/auth/profile", access.as_deref(), None)
-                    .await
-            }
+        let body = match endpoint {
+            Endpoint::Login => Some(plan.login_body(next_user())),
+            Endpoint::Refresh => Some(json!({ "refreshToken": refresh })),
+            Endpoint::Profile => None,
         };
+        let result = conn
+            .call(
+                endpoint.method(),
+                endpoint.path(),
+                endpoint_bearer(endpoint, &access),
+                body,
+            )
+            .await;
         let elapsed = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
         let (status, body) = match result {
             Ok(answer) => answer,

@@ -68,7 +68,7 @@ pub async fn healthz(app: &App) -> Result<HttpResponse, HttpError> {
     store.ping().await.map_err(crate::error::Error::from)?;
     let writes = if app.space.check().is_err() {
         "disk_full"
-    } else if store.check_writes().await.is_err() {
+    } else if store.probe_writes().await.is_err() {
         "failing"
     } else {
         "ok"

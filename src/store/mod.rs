@@ -237,7 +237,8 @@ pub trait Store: Send + Sync + 'static {
     /// Succeeds when the database is readable.
     async fn ping(&self) -> StoreResult<()>;
     /// Succeeds when writes are accepted. While they are refused because
-    /// the file cannot be written, tries the file again (not more often than
-    /// the backend allows) and answers with the result.
-    async fn check_writes(&self) -> StoreResult<()>;
+    /// the file cannot be written, this is also the retry: it tries to open
+    /// the file for writing again (not more often than the backend allows)
+    /// and answers with the result.
+    async fn probe_writes(&self) -> StoreResult<()>;
 }

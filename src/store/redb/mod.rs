@@ -34,7 +34,7 @@ mod read_only;
 mod records;
 mod writer;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::thread::JoinHandle;
 
@@ -53,8 +53,8 @@ use crate::session::{
 };
 use file::Opener;
 use records::{
-    decode_user, delete_session, encode_user, put_session, read_session, read_user,
-    sessions_of_user, write_txn_session, write_txn_user,
+    decode_user, delete_session, encode_user, put_session, read_session, read_session_in_write,
+    read_user, read_user_in_write, sessions_of_user,
 };
 use writer::{run_writer, Pending, WriteJob};
 
@@ -111,6 +111,17 @@ struct Snapshot {
     _database: Arc<Database>,
 }
 
+/// Where the database file is and how to open it: what every command that
+/// opens it needs (`serve`, the `user` commands, `bench --populate`).
+#[derive(Debug, Clone)]
+pub struct Location {
+    pub path: PathBuf,
+    /// redb page cache.
+    pub cache_bytes: usize,
+    /// Free space to keep on the data file system (0: no guard).
+    pub min_free_bytes: u64,
+}
+
 pub struct RedbStore {
     slot: Arc<Slot>,
     jobs: Option<mpsc::Sender<Box<dyn WriteJob>>>,
@@ -118,6 +129,41 @@ pub struct RedbStore {
 }
 
 impl RedbStore {
+    /// The one way commands open the database: creates its folder (0700)
+    /// if missing, guards the free space of its file system, and opens the
+    /// file on the blocking pool. Returns the store and its free-space guard.
+    pub async fn open_at(
+        location: &Location,
+    ) -> Result<(Self, Arc<SpaceGuard>), Box<dyn std::error::Error + Send + Sync>> {
+        Self::open_at_with(location, |opener| opener).await
+    }
+
+    /// [`RedbStore::open_at`], with test hooks (test builds only).
+    #[cfg(feature = "test-hooks")]
+    pub async fn open_at_with_hooks(
+        location: &Location,
+        hooks: Arc<crate::test_hooks::TestHooks>,
+    ) -> Result<(Self, Arc<SpaceGuard>), Box<dyn std::error::Error + Send + Sync>> {
+        Self::open_at_with(location, move |mut opener| {
+            opener.hooks = hooks;
+            opener
+        })
+        .await
+    }
+
+    async fn open_at_with(
+        location: &Location,
+        prepare: impl FnOnce(Opener) -> Opener + Send + 'static,
+    ) -> Result<(Self, Arc<SpaceGuard>), Box<dyn std::error::Error + Send + Sync>> {
+        super::folder::ensure_data_folder(&location.path)?;
+        let space = Arc::new(SpaceGuard::new(&location.path, location.min_free_bytes));
+        let opener = prepare(Opener::new(location.path.clone(), location.cache_bytes));
+        let store_space = Arc::clone(&space);
+        let store =
+            tokio::task::spawn_blocking(move || Self::open_with(opener, store_space)).await??;
+        Ok((store, space))
+    }
+
     /// Opens (or creates, mode 0600) the database at `path` with a page cache
     /// of `cache_bytes`, and starts its writer, which asks `space` before
     /// every commit.
@@ -291,7 +337,7 @@ fn make_room_for_a_session(
     }
     let mut sessions = Vec::with_capacity(ids.len());
     for sid in ids {
-        if let Some(session) = write_txn_session(txn, SessionId(sid))? {
+        if let Some(session) = read_session_in_write(txn, SessionId(sid))? {
             sessions.push((sid, session));
         }
     }
@@ -419,13 +465,13 @@ impl Store for RedbStore {
             else {
                 return Ok(None);
             };
-            let user = write_txn_user(txn, id)?;
+            let user = read_user_in_write(txn, id)?;
             txn.open_table(USERS)
                 .map_err(backend)?
                 .remove(id)
                 .map_err(backend)?;
             for sid in sessions_of_user(txn, id)? {
-                if let Some(session) = write_txn_session(txn, SessionId(sid))? {
+                if let Some(session) = read_session_in_write(txn, SessionId(sid))? {
                     delete_session(txn, sid, &session)?;
                 }
             }
@@ -442,7 +488,7 @@ impl Store for RedbStore {
     ) -> StoreResult<bool> {
         let (old_hash, new_hash) = (old_hash.to_string(), new_hash.to_string());
         self.write(move |txn| {
-            let Some(mut user) = write_txn_user(txn, id)? else {
+            let Some(mut user) = read_user_in_write(txn, id)? else {
                 return Ok(false);
             };
             if user.password_hash != old_hash {
@@ -505,10 +551,11 @@ impl Store for RedbStore {
     ) -> StoreResult<RefreshOutcome> {
         let clock = clock.clone();
         self.write(move |txn| {
-            let Some(user) = write_txn_user(txn, user_id)? else {
+            let Some(user) = read_user_in_write(txn, user_id)? else {
                 return Ok(RefreshOutcome::UserGone);
             };
-            let Some(mut session) = write_txn_session(txn, id)?.filter(|s| s.user_id == user_id)
+            let Some(mut session) =
+                read_session_in_write(txn, id)?.filter(|s| s.user_id == user_id)
             else {
                 return Ok(RefreshOutcome::UnknownSession);
             };
@@ -532,7 +579,7 @@ impl Store for RedbStore {
         now: Millis,
     ) -> StoreResult<bool> {
         self.write(move |txn| {
-            let Some(mut session) = write_txn_session(txn, id)? else {
+            let Some(mut session) = read_session_in_write(txn, id)? else {
                 return Ok(false);
             };
             if session.user_id != user_id || !session.is_live(now) {
@@ -555,10 +602,11 @@ impl Store for RedbStore {
     ) -> StoreResult<GlobalLogout> {
         let clock = clock.clone();
         self.write(move |txn| {
-            if write_txn_user(txn, user_id)?.is_none() {
+            if read_user_in_write(txn, user_id)?.is_none() {
                 return Ok(GlobalLogout::UserGone);
             }
-            let Some(mut session) = write_txn_session(txn, id)?.filter(|s| s.user_id == user_id)
+            let Some(mut session) =
+                read_session_in_write(txn, id)?.filter(|s| s.user_id == user_id)
             else {
                 return Ok(GlobalLogout::UnknownSession);
             };
@@ -572,7 +620,7 @@ impl Store for RedbStore {
             }
             let mut revoked = 0;
             for sid in sessions_of_user(txn, user_id)? {
-                if let Some(mut target) = write_txn_session(txn, SessionId(sid))? {
+                if let Some(mut target) = read_session_in_write(txn, SessionId(sid))? {
                     if !target.revoked {
                         target.revoked = true;
                         put_session(txn, SessionId(sid), &target)?;
@@ -596,7 +644,7 @@ impl Store for RedbStore {
                     .collect::<StoreResult<_>>()?
             };
             for &(expires_at, sid) in &expired {
-                match write_txn_session(txn, SessionId(sid))? {
+                match read_session_in_write(txn, SessionId(sid))? {
                     Some(session) => delete_session(txn, sid, &session)?,
                     None => {
                         txn.open_table(SESSION_EXPIRY)
@@ -611,7 +659,7 @@ impl Store for RedbStore {
         .await
     }
 
-    async fn check_writes(&self) -> StoreResult<()> {
+    async fn probe_writes(&self) -> StoreResult<()> {
         if self.is_writable() {
             return Ok(());
         }
@@ -669,11 +717,11 @@ mod tests {
         assert_eq!(found.unwrap().name, "Ana");
         let refused = store.create_user(new_user("mo@example.com")).await;
         assert!(matches!(refused, Err(StoreError::ReadOnly)), "{refused:?}");
-        assert!(store.check_writes().await.is_err());
+        assert!(store.probe_writes().await.is_err());
 
         faults.set_fail_writes(false);
         tokio::time::sleep(writer::REOPEN_INTERVAL).await;
-        assert!(store.check_writes().await.is_ok());
+        assert!(store.probe_writes().await.is_ok());
         assert!(store.is_writable());
         let mo = store.create_user(new_user("mo@example.com")).await;
         assert!(mo.unwrap().is_some());

@@ -41,6 +41,12 @@ pub(super) fn decode_user(id: UserId, bytes: &[u8]) -> StoreResult<User> {
     })
 }
 
+/// Session records, version 1, little-endian, fixed size: version (1 byte),
+/// user id (8), created at (8), absolute end (8), current token: jti (16),
+/// iat (8), exp (8); whether there is a previous token (1), its jti (16) and
+/// rotation time (8); revoked (1). That is 83 bytes; the last 8 of the 91
+/// are reserved, written as zero and ignored when read, so that one more
+/// 64-bit field can be added without changing the size of every record.
 const SESSION_RECORD_V1: u8 = 1;
 const SESSION_RECORD_LEN: usize = 91;
 
@@ -136,11 +142,11 @@ pub(super) fn read_session(txn: &ReadTransaction, id: SessionId) -> StoreResult<
     session_in(&txn.open_table(SESSIONS).map_err(backend)?, id)
 }
 
-pub(super) fn write_txn_user(txn: &WriteTransaction, id: UserId) -> StoreResult<Option<User>> {
+pub(super) fn read_user_in_write(txn: &WriteTransaction, id: UserId) -> StoreResult<Option<User>> {
     user_in(&txn.open_table(USERS).map_err(backend)?, id)
 }
 
-pub(super) fn write_txn_session(
+pub(super) fn read_session_in_write(
     txn: &WriteTransaction,
     id: SessionId,
 ) -> StoreResult<Option<Session>> {

@@ -84,24 +84,7 @@ pub(super) fn run_writer(
             Some(db) => commit_batch_catching_panics(db, &mut batch, opener),
             None => Err(StoreError::ReadOnly),
         });
-        match &committed {
-            Err(e @ StoreError::DiskFull { .. }) => {
-                if !paused_for_space {
-                    tracing::warn!(error = %e, "writes paused: 503 until space is freed");
-                }
-                paused_for_space = true;
-            }
-            Err(StoreError::ReadOnly) => {
-                tracing::debug!(operations = batch.len(), "write batch refused: read-only")
-            }
-            Err(e) => tracing::error!(error = %e, operations = batch.len(), "write batch failed"),
-            Ok(()) => {
-                if paused_for_space {
-                    tracing::warn!("free space is back: writes resumed");
-                }
-                paused_for_space = false;
-            }
-        }
+        log_outcome(&committed, batch.len(), &mut paused_for_space);
         // After an I/O error redb refuses every later read and write on that
         // handle. Swap it for a read-only view before answering, so that reads
         // go on at once; writing is tried again in a second. (Reopening for
@@ -114,6 +97,29 @@ pub(super) fn run_writer(
         }
         for job in batch.drain(..) {
             job.finish(&committed);
+        }
+    }
+}
+
+/// Logs a batch's outcome; a full disk only when writes pause and resume,
+/// not once per refused batch.
+fn log_outcome(committed: &StoreResult<()>, operations: usize, paused_for_space: &mut bool) {
+    match committed {
+        Err(e @ StoreError::DiskFull { .. }) => {
+            if !*paused_for_space {
+                tracing::warn!(error = %e, "writes paused: 503 until space is freed");
+            }
+            *paused_for_space = true;
+        }
+        Err(StoreError::ReadOnly) => {
+            tracing::debug!(operations, "write batch refused: read-only")
+        }
+        Err(e) => tracing::error!(error = %e, operations, "write batch failed"),
+        Ok(()) => {
+            if *paused_for_space {
+                tracing::warn!("free space is back: writes resumed");
+            }
+            *paused_for_space = false;
         }
     }
 }
