@@ -5,20 +5,8 @@
 //! session (a token family); presenting a token that was already rotated
 //! revokes the whole family. Users and sessions live in one embedded redb file.
 //!
-//! # Layout
-//! - [`cli`]: clap types only.
-//! - [`config`]: flags and environment → a validated [`config::ServeConfig`].
-//! - [`error`]: the one [`error::Error`] type and its mapping to status codes.
-//! - [`tokens`]: JWT claims, signing and verification (pure, takes `now`).
-//! - [`passwords`]: argon2id hashing on a bounded pool with admission control.
-//! - [`throttle`]: login back-off per account and per client address.
-//! - [`session`]: the refresh-token state machine (rotation, reuse, grace).
-//! - [`auth`]: the use cases (login, refresh, profile, logout); no HTTP.
-//! - [`store`]: the storage interface in domain words, and its redb backend.
-//! - [`http`]: routing, body limits, JSON in and out.
-//! - [`server`]: the accept loop, connection limits and graceful shutdown.
-//! - [`app`]: wiring: config → store, keys, hasher → the shared state.
-//! - [`bench`]: the built-in load generator and test-data loader.
+//! The module map, with what each module owns, is the README's "Layout"
+//! section; each module's own doc says the rest.
 
 #![forbid(unsafe_code)]
 

@@ -364,7 +364,7 @@ impl Throttle {
     /// Admits a login attempt for `email` (normalised) from `address`, before
     /// any hashing: at once, or after waiting for running attempts on the
     /// same keys to end. Refused while a key is blocked, or when the wait
-    /// would outlast [`MAX_WAIT`]. Hold the [`Attempt`] until the check is done.
+    /// would outlast `MAX_WAIT` (5 s). Hold the [`Attempt`] until the check is done.
     pub async fn begin(
         &self,
         email: &str,
