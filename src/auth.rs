@@ -308,15 +308,22 @@ impl Auth {
         let verified =
             self.keys
                 .verify(refresh_token, TokenType::Refresh, self.clock.now_secs())?;
+        // As for refresh: a logout that would change nothing is answered
+        // from a read, so a flood of one dead token writes nothing.
+        let now = self.clock.now_millis();
+        let session = self
+            .store
+            .session(verified.session_id)
+            .await?
+            .filter(|s| s.user_id == verified.user_id);
         match scope {
             LogoutScope::Local => {
+                if !session.is_some_and(|s| s.is_live(now)) {
+                    return Ok(());
+                }
                 let revoked = self
                     .store
-                    .revoke_session(
-                        verified.session_id,
-                        verified.user_id,
-                        self.clock.now_millis(),
-                    )
+                    .revoke_session(verified.session_id, verified.user_id, now)
                     .await?;
                 tracing::info!(
                     user_id = verified.user_id,
@@ -327,6 +334,14 @@ impl Auth {
                 Ok(())
             }
             LogoutScope::Global => {
+                let Some(session) = session else {
+                    return Err(self.unknown_session_error(verified.user_id).await?);
+                };
+                match session.decide(verified.token_id, now, self.rotation_policy()) {
+                    RefreshDecision::Revoked => return Err(Error::SessionRevoked),
+                    RefreshDecision::Expired => return Err(Error::TokenExpired),
+                    _ => {}
+                }
                 let outcome = self
                     .store
                     .logout_everywhere(

@@ -185,7 +185,7 @@ pub struct SecretArgs {
     #[arg(long, env = "LATCHKEY_SECRET_FILE")]
     pub secret_file: Option<PathBuf>,
 
-    /// Accept a secret file that other users may read (refused by default).
+    /// Accept a secret file (or a --seed-users-file) that other users may read (refused by default).
     #[arg(long, env = "LATCHKEY_INSECURE_SECRET_FILE")]
     pub insecure_secret_file: bool,
 }

@@ -116,18 +116,17 @@ pub fn parse_seed_user(text: &str) -> Result<SeedUser, ConfigError> {
     let (Some(email), Some(role), Some(name), Some(password)) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return err("--seed-user must be EMAIL:ROLE:NAME:PASSWORD");
+        return err("a seed user must be EMAIL:ROLE:NAME:PASSWORD");
     };
     let email = normalize_email(email)
-        .ok_or_else(|| ConfigError("--seed-user: the email is not a valid address".into()))?;
+        .ok_or_else(|| ConfigError("seed user: the email is not a valid address".into()))?;
     let role_id = role
         .trim()
         .parse()
-        .map_err(|_| ConfigError(format!("--seed-user {email}: ROLE must be an integer")))?;
-    check_new_password(password)
-        .map_err(|why| ConfigError(format!("--seed-user {email}: {why}")))?;
+        .map_err(|_| ConfigError(format!("seed user {email}: ROLE must be an integer")))?;
+    check_new_password(password).map_err(|why| ConfigError(format!("seed user {email}: {why}")))?;
     if name.trim().is_empty() {
-        return err(format!("--seed-user {email}: NAME must not be empty"));
+        return err(format!("seed user {email}: NAME must not be empty"));
     }
     Ok(SeedUser {
         email,
@@ -330,7 +329,7 @@ fn seed_users(args: &ServeArgs) -> Result<Vec<SeedUser>, ConfigError> {
     let mut users = args
         .seed_user
         .iter()
-        .map(|s| parse_seed_user(s))
+        .map(|s| parse_seed_user(s).map_err(|e| ConfigError(format!("--seed-user: {e}"))))
         .collect::<Result<Vec<_>, _>>()?;
     if let Some(path) = &args.seed_users_file {
         refuse_if_readable_by_others(path, "--seed-users-file", args.secret.insecure_secret_file)?;

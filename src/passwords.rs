@@ -10,8 +10,10 @@
 //! allocator's per-thread arenas, let the resident size grow past 1 GiB
 //! under a login flood. A buffer idle for [`IDLE_RELEASE`] is returned.
 //!
-//! Unknown emails are verified against a dummy hash with the same
-//! parameters, so a login takes as long whether or not the account exists.
+//! Unknown emails are verified against a dummy hash with the configured
+//! parameters, so a login takes as long whether or not the account exists,
+//! except for accounts whose stored hash still has other parameters (until
+//! their next login re-hashes them; see the README).
 
 use std::collections::VecDeque;
 use std::fmt;

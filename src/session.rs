@@ -182,9 +182,12 @@ impl Session {
             return RefreshDecision::Rotated;
         }
         match self.previous {
-            // Counted from the first rotation; replays do not extend it.
+            // Counted from the first rotation; replays do not extend it. A
+            // clock behind the rotation (stepped back across a restart) is
+            // outside the window: such a presentation counts as reuse.
             Some(previous)
                 if previous.jti == presented
+                    && now >= previous.rotated_at
                     && now
                         < previous
                             .rotated_at
@@ -325,6 +328,16 @@ mod tests {
         assert_eq!(
             s.refresh(TokenId(2), T0 + 10_001, policy(10), TokenId(3)),
             RefreshDecision::Revoked
+        );
+    }
+
+    #[test]
+    fn a_clock_behind_the_rotation_does_not_reopen_the_window() {
+        let mut s = fresh();
+        s.refresh(TokenId(1), T0 + 60_000, policy(10), TokenId(2));
+        assert_eq!(
+            s.decide(TokenId(1), T0, policy(10)),
+            RefreshDecision::Reused
         );
     }
 

@@ -19,6 +19,8 @@ pub enum PanicPoint {
     HashWorker,
     /// In the writer thread, while a batch's transaction is open.
     Writer,
+    /// Inside redb's commit, when it writes to the file.
+    FileWrite,
 }
 
 #[derive(Debug, Default)]
@@ -27,6 +29,7 @@ pub struct TestHooks {
     throttle_lock: AtomicBool,
     hash_worker: AtomicBool,
     writer: AtomicBool,
+    file_write: AtomicBool,
 }
 
 impl TestHooks {
@@ -35,6 +38,7 @@ impl TestHooks {
             PanicPoint::ThrottleLock => &self.throttle_lock,
             PanicPoint::HashWorker => &self.hash_worker,
             PanicPoint::Writer => &self.writer,
+            PanicPoint::FileWrite => &self.file_write,
         }
     }
 

@@ -21,10 +21,12 @@
 //! Attempts refused with 429 or 503, and successful ones, leave nothing once
 //! they end, so cheap requests cannot fill the tables. Each table holds at
 //! most `capacity` records; when it is full, a new failure replaces the
-//! record that protects least: a key that is not blocked (the one whose
-//! last failure or block is oldest) if there is one, else the blocked key
-//! whose block ends soonest. A blocked key therefore stays blocked until its
-//! block ends unless the table is full of blocked keys.
+//! record that protects least: a key that has not spent its budget (the one
+//! whose last failure is oldest) if there is one, else a key that spent it
+//! and is not blocked now (the one whose block ended first), else the
+//! blocked key whose block ends soonest. A blocked key therefore stays
+//! blocked until its block ends unless the table is full of blocked keys,
+//! and a churn of cheap first failures cannot reset an escalated back-off.
 //!
 //! Keys are kept as 128-bit keyed hashes (a random key per process), so the
 //! tables hold no email addresses and every record has the same small size.
@@ -72,6 +74,10 @@ impl Default for ThrottlePolicy {
 /// before it is refused.
 const MAX_WAIT: Duration = Duration::from_secs(5);
 
+/// No block is longer, whatever the flags say (and `Instant` arithmetic
+/// cannot overflow).
+const LONGEST_BLOCK: Duration = Duration::from_secs(366 * 86_400);
+
 /// A key as stored: a keyed hash of an email, or an address network.
 type Key = u128;
 
@@ -79,10 +85,16 @@ type Key = u128;
 struct Record {
     failures: u32,
     last_failure: Instant,
-    /// When the block ends; for a key that is not blocked, when its last
-    /// failure happened. The table's eviction order.
+    /// When the block that the last failure started ends; when it started
+    /// none (the budget was not spent yet), the time of that failure.
     blocked_until: Instant,
 }
+
+/// The order in which a full table gives records up: first keys whose
+/// budget is not spent, then keys that spent it (whose escalation a churn
+/// must not reset), each by `blocked_until`: not blocked before blocked, a
+/// block that ends sooner before one that ends later.
+type EvictionOrder = (bool, Instant, Key);
 
 /// Attempts on one key that are running now, and how to wake those waiting.
 struct Running {
@@ -93,8 +105,8 @@ struct Running {
 /// One table (accounts or addresses).
 struct Table {
     records: HashMap<Key, Record>,
-    /// `(blocked_until, key)` of every record: the first one is dropped when full.
-    by_release: BTreeSet<(Instant, Key)>,
+    /// Every record in [`EvictionOrder`]: the first one is dropped when full.
+    by_release: BTreeSet<EvictionOrder>,
     /// Entries exist only while attempts run, so at most one per request in progress.
     running: HashMap<Key, Running>,
     free_failures: u32,
@@ -177,10 +189,12 @@ impl Table {
             None => now,
             Some(extra) => {
                 let factor = 2u32.saturating_pow(extra);
-                now + policy
+                let delay = policy
                     .base_delay
                     .saturating_mul(factor)
                     .min(policy.max_delay)
+                    .min(LONGEST_BLOCK);
+                now + delay
             }
         };
         self.put(
@@ -193,10 +207,19 @@ impl Table {
         );
     }
 
+    fn order(&self, key: Key, record: &Record) -> EvictionOrder {
+        (
+            record.failures >= self.free_failures,
+            record.blocked_until,
+            key,
+        )
+    }
+
     fn put(&mut self, key: Key, record: Record) {
         match self.records.insert(key, record) {
             Some(old) => {
-                self.by_release.remove(&(old.blocked_until, key));
+                let old = self.order(key, &old);
+                self.by_release.remove(&old);
             }
             None => {
                 while self.records.len() > self.capacity {
@@ -204,48 +227,27 @@ impl Table {
                 }
             }
         }
-        self.by_release.insert((record.blocked_until, key));
+        let order = self.order(key, &record);
+        self.by_release.insert(order);
     }
 
-    /// Drops the record with the earliest `blocked_until` other than `keep`:
-    /// a key that is not blocked if there is one, else the block that ends soonest.
+    /// Drops the first record in [`EvictionOrder`] other than `keep`.
     fn drop_least_protective(&mut self, keep: Key) {
         let victim = self
             .by_release
             .iter()
-            .find(|(_, key)| *key != keep)
+            .find(|(_, _, key)| *key != keep)
             .copied();
-        match victim {
-            Some(entry) => {
-                self.by_release.remove(&entry);
-                // The index and the map agree unless a panic interrupted an
-                // update; a stale index entry only removes nothing here.
-                if self
-                    .records
-                    .get(&entry.1)
-                    .is_some_and(|r| r.blocked_until == entry.0)
-                {
-                    self.records.remove(&entry.1);
-                }
-            }
-            None => {
-                // The index lost entries (a panic mid-update): rebuild it.
-                self.by_release = self
-                    .records
-                    .iter()
-                    .map(|(key, r)| (r.blocked_until, *key))
-                    .collect();
-                if self.by_release.len() <= 1 {
-                    self.records.retain(|key, _| *key == keep);
-                    self.by_release.retain(|(_, key)| *key == keep);
-                }
-            }
+        if let Some(entry) = victim {
+            self.by_release.remove(&entry);
+            self.records.remove(&entry.2);
         }
     }
 
     fn clear_failures(&mut self, key: Key) {
         if let Some(old) = self.records.remove(&key) {
-            self.by_release.remove(&(old.blocked_until, key));
+            let old = self.order(key, &old);
+            self.by_release.remove(&old);
         }
     }
 }
@@ -266,10 +268,10 @@ pub struct Throttle {
     hooks: Arc<crate::test_hooks::TestHooks>,
 }
 
-/// Locks a table. A panic while it was held leaves a table whose worst
-/// inconsistency is an index entry too many or too few (see
-/// [`Table::drop_least_protective`]), so the lock is taken over rather than
-/// refusing every login from then on.
+/// Locks a table, also after a panic while it was held: nothing between
+/// the updates of the map and of its index can panic (only an allocation
+/// failure, which aborts), so the table is consistent, and taking the lock
+/// over is better than refusing every login from then on.
 fn lock(table: &Mutex<Table>) -> MutexGuard<'_, Table> {
     table.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -701,6 +703,7 @@ mod tests {
             "a blocked key survives a flood of keys that are not blocked"
         );
         // Refused and successful attempts leave no records at all.
+        let sizes = throttle.sizes();
         for n in 0..1000u32 {
             let attempt = throttle
                 .try_begin(throttle.account_key(&format!("ok{n}@b.c")), None, t0)
@@ -710,7 +713,37 @@ mod tests {
                 attempt.succeeded();
             }
         }
+        assert_eq!(throttle.sizes(), sizes);
+        assert_eq!(running(&throttle), (0, 0));
         assert!(throttle.check("victim@b.c", None, t0).is_err());
+    }
+
+    #[test]
+    fn an_escalated_back_off_survives_a_churn_after_its_block_ends() {
+        let throttle = Throttle::new(ThrottlePolicy {
+            capacity: 50,
+            ..policy()
+        });
+        let t0 = Instant::now();
+        for _ in 0..4 {
+            throttle.fail_at("victim@b.c", None, t0); // blocked 2 s
+        }
+        let t1 = t0 + Duration::from_secs(3);
+        assert!(
+            throttle.check("victim@b.c", None, t1).is_ok(),
+            "the block ended"
+        );
+        for n in 0..500u32 {
+            throttle.fail_at(&format!("noise{n}@b.c"), None, t1);
+        }
+        throttle.fail_at("victim@b.c", None, t1);
+        assert_eq!(
+            throttle.check("victim@b.c", None, t1),
+            Err(Blocked {
+                retry_after: Duration::from_secs(4)
+            }),
+            "the escalation was kept"
+        );
     }
 
     #[test]

@@ -98,7 +98,7 @@ pub enum LogoutScope {
 /// The result of a global logout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GlobalLogout {
-    /// Every session of the user was revoked; this many were still live.
+    /// Every session of the user is revoked now; this many were not before.
     Done { revoked: usize },
     /// No user with the token's `sub` exists (any more).
     UserGone,

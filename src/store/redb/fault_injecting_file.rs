@@ -1,8 +1,8 @@
 //! A file backend for test builds only (the `test-hooks` feature): redb's
 //! own file backend, except that every write, resize and sync fails with
 //! EROFS while the test hooks say so, the way a failing disk or a read-only
-//! remount makes them fail. The tests use it to prove that the store
-//! survives real write errors.
+//! remount makes them fail, and a write can be made to panic inside redb's
+//! commit. The tests use it to prove that the store survives both.
 
 use std::ops::Bound;
 use std::sync::Arc;
@@ -44,6 +44,8 @@ impl StorageBackend for FaultInjectingFile {
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        self.hooks
+            .panic_if_armed(crate::test_hooks::PanicPoint::FileWrite);
         self.hooks.check_write()?;
         self.inner.write(offset, data)
     }

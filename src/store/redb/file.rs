@@ -34,7 +34,7 @@ impl Opener {
 
     #[cfg(not(feature = "test-hooks"))]
     fn backend(&self, file: File) -> Result<impl StorageBackend, DatabaseError> {
-        Ok(FileBackend::new(file)?)
+        FileBackend::new(file)
     }
 
     #[cfg(feature = "test-hooks")]

@@ -728,6 +728,39 @@ mod tests {
         assert_eq!(store.list_users().await.unwrap().len(), 2);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_session_cap_revokes_the_oldest_and_bounds_what_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir.path().join("db.redb"), &Arc::default()).unwrap();
+        let user = store
+            .create_user(new_user("ana@example.com"))
+            .await
+            .unwrap()
+            .unwrap();
+        let day = std::time::Duration::from_secs(86_400);
+        let mut ids = Vec::new();
+        for n in 0..20u64 {
+            let now = 1_700_000_000_000 + n;
+            let id = SessionId::generate(now);
+            let session = Session::start(user.id, now, 30 * day, 7 * day, TokenId::generate());
+            let revoked = store.create_session(id, &session, 3).await.unwrap();
+            assert_eq!(revoked, usize::from(n >= 3), "login {n}");
+            ids.push(id);
+        }
+        for (n, id) in ids.iter().enumerate() {
+            match store.session(*id).await.unwrap() {
+                Some(session) => assert_eq!(session.revoked, n < 17, "session {n}"),
+                None => assert!(n < 17, "a live session was deleted"),
+            }
+        }
+        let user_id = user.id;
+        let kept = store
+            .write(move |txn| sessions_of_user(txn, user_id))
+            .await
+            .unwrap();
+        assert!(kept.len() <= 6, "{} sessions kept", kept.len());
+    }
+
     #[test]
     fn a_missing_or_empty_file_that_cannot_be_written_is_refused() {
         let dir = tempfile::tempdir().unwrap();

@@ -80,8 +80,17 @@ pub(super) fn run_writer(
             reopen(slot, opener, Reopen::ForWriting);
             writable = writable_handle(slot);
         }
+        let mut handle_suspect = false;
         let committed = space.check().and_then(|()| match &writable {
-            Some(db) => commit_batch_catching_panics(db, &mut batch, opener),
+            Some(db) => {
+                let (committed, panicked) = commit_batch_catching_panics(db, &mut batch, opener);
+                // After a panic, or a failure that is not an I/O error,
+                // redb's in-memory state may be unusable (a commit that
+                // failed half-way drops its allocator state): check.
+                handle_suspect = panicked
+                    || (matches!(committed, Err(StoreError::Backend(_))) && !can_begin_write(db));
+                committed
+            }
             None => Err(StoreError::ReadOnly),
         });
         log_outcome(&committed, batch.len(), &mut paused_for_space);
@@ -94,6 +103,11 @@ pub(super) fn run_writer(
             drop(writable);
             last_reopen = Some(Instant::now());
             reopen(slot, opener, Reopen::ReadOnly);
+        } else if handle_suspect {
+            // Not the disk: a fresh handle on the same file serves the next batch.
+            drop(writable);
+            tracing::warn!("reopening the database after a failed commit");
+            reopen(slot, opener, Reopen::ForWriting);
         }
         for job in batch.drain(..) {
             job.finish(&committed);
@@ -152,7 +166,11 @@ enum Reopen {
 fn reopen(slot: &Slot, opener: &Opener, mode: Reopen) {
     let old = slot.write().unwrap_or_else(PoisonError::into_inner).take();
     let was_writable = matches!(old, Some(Handle::Writable(_)));
-    drop(old);
+    // A handle that panicked inside redb may panic again while it closes.
+    let closed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(old)));
+    if closed.is_err() {
+        tracing::error!("closing the old database handle panicked");
+    }
     let replacement = open_replacement(opener, mode, was_writable);
     *slot.write().unwrap_or_else(PoisonError::into_inner) = replacement;
 }
@@ -209,11 +227,12 @@ fn open_once_released(
 /// [`commit_batch`], with a panic anywhere in it (a bug in an operation or
 /// in the writer's own path) failing just this batch: its transaction is
 /// dropped uncommitted, its callers get 503, and the next batch is served.
+/// Returns whether it panicked, too.
 fn commit_batch_catching_panics(
     db: &Database,
     batch: &mut [Box<dyn WriteJob>],
     #[allow(unused_variables)] opener: &Opener,
-) -> StoreResult<()> {
+) -> (StoreResult<()>, bool) {
     let run = std::panic::AssertUnwindSafe(|| {
         commit_batch(db, batch, || {
             #[cfg(feature = "test-hooks")]
@@ -222,13 +241,23 @@ fn commit_batch_catching_panics(
                 .panic_if_armed(crate::test_hooks::PanicPoint::Writer);
         })
     });
-    std::panic::catch_unwind(run).unwrap_or_else(|_| {
-        tracing::error!(
-            operations = batch.len(),
-            "the writer panicked; the batch failed"
-        );
-        Err(StoreError::Backend("the writer panicked".into()))
-    })
+    match std::panic::catch_unwind(run) {
+        Ok(committed) => (committed, false),
+        Err(_) => {
+            tracing::error!(
+                operations = batch.len(),
+                "the writer panicked; the batch failed"
+            );
+            (Err(StoreError::Backend("the writer panicked".into())), true)
+        }
+    }
+}
+
+/// Whether the handle still starts write transactions (the one started
+/// here is dropped unused, which aborts it).
+fn can_begin_write(db: &Database) -> bool {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| db.begin_write().is_ok()))
+        .unwrap_or(false)
 }
 
 /// Applies every job in one transaction and commits durably. Any failure
