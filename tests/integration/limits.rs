@@ -231,27 +231,13 @@ async fn a_hashing_worker_that_panics_is_replaced_and_frees_its_place() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_writer_that_panics_fails_its_batch_with_503_and_serves_the_next() {
+/// Arms a panic at `point` on the write path, then: the refresh that hits
+/// it gets 503, nothing of its batch was kept (the same token rotates
+/// now), and logins, refreshes and reads go on.
+async fn a_write_path_panic_fails_one_batch(point: PanicPoint) {
     let server = TestServer::start().await;
     let tokens = server.login("ana@example.com", None).await;
-    server.app.hooks.arm_panic(PanicPoint::Writer);
-    server
-        .client
-        .refresh(&tokens.refresh)
-        .await
-        .assert_error(503, "unavailable");
-    // Nothing of the failed batch was kept: the same token rotates now.
-    let rotated = server.client.refresh(&tokens.refresh).await;
-    assert_eq!(rotated.status, StatusCode::OK, "{}", rotated.text);
-    login_and_refresh_work(&server).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_panic_inside_the_commit_is_survived_with_a_fresh_handle() {
-    let server = TestServer::start().await;
-    let tokens = server.login("ana@example.com", None).await;
-    server.app.hooks.arm_panic(PanicPoint::FileWrite);
+    server.app.hooks.arm_panic(point);
     server
         .client
         .refresh(&tokens.refresh)
@@ -260,13 +246,23 @@ async fn a_panic_inside_the_commit_is_survived_with_a_fresh_handle() {
     let rotated = server.client.refresh(&tokens.refresh).await;
     assert_eq!(rotated.status, StatusCode::OK, "{}", rotated.text);
     login_and_refresh_work(&server).await;
-    // Reads and writes go on, and the rotation is there after a restart
-    // (the profile reads the same file the writes went to).
     let next = Tokens::from_body(&rotated.body);
     assert_eq!(
         server.client.profile(&next.access).await.status,
         StatusCode::OK
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_that_panics_fails_its_batch_with_503_and_serves_the_next() {
+    a_write_path_panic_fails_one_batch(PanicPoint::Writer).await;
+}
+
+/// A panic inside redb's own commit (while it writes the file) leaves its
+/// handle unusable: the writer reopens the file with a fresh one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_inside_the_commit_is_survived_with_a_fresh_handle() {
+    a_write_path_panic_fails_one_batch(PanicPoint::FileWrite).await;
 }
 
 fn file_state(path: &std::path::Path) -> (SystemTime, Vec<u8>) {
