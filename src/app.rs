@@ -55,6 +55,7 @@ impl App {
             lifetimes: config.lifetimes,
             type_roles: config.type_roles.clone(),
             max_sessions_per_user: config.max_sessions_per_user,
+            registration: config.registration,
         };
         let auth = Auth::new(
             store,

@@ -7,14 +7,20 @@
 
 use std::sync::Arc;
 
+use crate::accounts::{
+    check_email, check_name, check_password as check_new_password, Accounts, SessionInfo,
+};
 use crate::clock::Clock;
 use crate::config::{Lifetimes, TypeRoles};
 use crate::credentials::{normalize_email, MAX_PASSWORD_BYTES};
 use crate::error::Error;
 use crate::passwords::{Password, Passwords};
 use crate::session::{Millis, RefreshDecision, RotationPolicy, Session, SessionId, TokenId};
-use crate::store::{GlobalLogout, LogoutScope, NewUser, RefreshOutcome, Store, User};
-use crate::throttle::Throttle;
+use crate::store::{
+    GlobalLogout, LogoutScope, NewUser, RefreshOutcome, RevokeSessions, Store, User, UserChange,
+    UserUpdate,
+};
+use crate::throttle::{SignupLimit, Throttle};
 use crate::tokens::{Profile, TokenKeys, TokenType};
 
 /// What login and refresh answer.
@@ -43,6 +49,40 @@ pub struct AuthPolicy {
     pub type_roles: TypeRoles,
     /// Most live sessions per user; a login past it revokes the oldest.
     pub max_sessions_per_user: usize,
+    /// `None` when sign-up is closed.
+    pub registration: Option<Registration>,
+}
+
+/// Sign-up settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Registration {
+    /// The role of new users.
+    pub role_id: i64,
+    /// Most sign-ups per client address per hour.
+    pub per_address_per_hour: u32,
+}
+
+/// A sign-up, as the client sent it.
+pub struct SignUp {
+    pub email: String,
+    pub password: Password,
+    pub name: String,
+    pub client_type: Option<String>,
+    pub client_address: Option<std::net::IpAddr>,
+}
+
+/// The holder of a live access token: who, and with which session.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub user_id: u64,
+    pub session_id: SessionId,
+    pub profile: Profile,
+}
+
+/// A change to one's own profile.
+pub struct ProfileChange {
+    pub name: Option<String>,
+    pub email: Option<String>,
 }
 
 pub struct Auth {
@@ -52,9 +92,11 @@ pub struct Auth {
     lifetimes: Lifetimes,
     type_roles: TypeRoles,
     max_sessions_per_user: usize,
+    registration: Option<(Registration, SignupLimit)>,
     /// `None` when throttling is turned off.
     throttle: Option<Throttle>,
     clock: Clock,
+    accounts: Accounts,
 }
 
 fn profile_of(user: &User) -> Profile {
@@ -75,16 +117,198 @@ impl Auth {
         throttle: Option<Throttle>,
         clock: Clock,
     ) -> Self {
+        let passwords = Arc::new(passwords);
+        let accounts = Accounts::new(Arc::clone(&store), Arc::clone(&passwords), clock.clone());
+        let registration = policy.registration.map(|registration| {
+            // Bounded like the login throttle's address table.
+            let limit = SignupLimit::new(registration.per_address_per_hour, 100_000, 64);
+            (registration, limit)
+        });
         Auth {
             store,
             keys,
-            passwords: Arc::new(passwords),
+            passwords,
             lifetimes: policy.lifetimes,
             type_roles: policy.type_roles,
             max_sessions_per_user: policy.max_sessions_per_user,
+            registration,
             throttle,
             clock,
+            accounts,
         }
+    }
+
+    /// Account management (the admin API and the CLI).
+    pub fn accounts(&self) -> &Accounts {
+        &self.accounts
+    }
+
+    /// The roles a login `type` admits; `None` (any role) without a type.
+    fn roles_for_type(&self, client_type: Option<&str>) -> Result<Option<&[i64]>, Error> {
+        match client_type {
+            None => Ok(None),
+            Some(kind) => Some(self.type_roles.roles_for(kind).ok_or_else(|| {
+                Error::InvalidRequest(format!(
+                    "type must be one of: {}",
+                    self.type_roles.known_types().join(", ")
+                ))
+            }))
+            .transpose(),
+        }
+    }
+
+    /// Signs a new user up and starts their first session.
+    pub async fn register(&self, sign_up: SignUp) -> Result<(User, TokenPair), Error> {
+        let Some((registration, limit)) = &self.registration else {
+            return Err(Error::RegistrationClosed);
+        };
+        let email = check_email(&sign_up.email)?;
+        let name = check_name(&sign_up.name)?;
+        check_new_password(&sign_up.password)?;
+        let roles = self.roles_for_type(sign_up.client_type.as_deref())?;
+        if roles.is_some_and(|roles| !roles.contains(&registration.role_id)) {
+            return Err(Error::RoleNotAllowed);
+        }
+        if let Some(address) = sign_up.client_address {
+            limit
+                .take(address, std::time::Instant::now())
+                .map_err(|blocked| Error::RateLimited {
+                    retry_after_secs: blocked.retry_after.as_secs_f64().ceil().max(1.0) as u64,
+                })?;
+        }
+        if self.store.user_by_email(&email).await?.is_some() {
+            return Err(Error::EmailTaken);
+        }
+        let password_hash = self.passwords.hash(sign_up.password).await?;
+        let new = NewUser {
+            email,
+            name,
+            role_id: registration.role_id,
+            password_hash,
+            created_at: self.clock.now_millis(),
+            disabled: false,
+        };
+        let user = self
+            .store
+            .create_user(new)
+            .await?
+            .ok_or(Error::EmailTaken)?;
+        tracing::info!(user_id = user.id, "signed up");
+        let pair = self.start_session(&user).await?;
+        Ok((user, pair))
+    }
+
+    /// The caller behind a live access token (as `/auth/profile` checks it).
+    pub async fn authenticate(&self, access_token: &str) -> Result<Caller, Error> {
+        let verified = self
+            .keys
+            .verify(access_token, TokenType::Access, self.clock.now_secs())?;
+        let session = self.store.session(verified.session_id).await?;
+        let session = session
+            .filter(|s| s.user_id == verified.user_id)
+            .ok_or(Error::InvalidToken("unknown session"))?;
+        if session.revoked {
+            return Err(Error::SessionRevoked);
+        }
+        if !session.is_live(self.clock.now_millis()) {
+            return Err(Error::TokenExpired);
+        }
+        let profile = verified
+            .claims
+            .profile
+            .ok_or(Error::InvalidToken("malformed profile"))?;
+        Ok(Caller {
+            user_id: verified.user_id,
+            session_id: verified.session_id,
+            profile,
+        })
+    }
+
+    /// Changes the caller's name or email; tokens issued from then on carry them.
+    pub async fn update_profile(
+        &self,
+        caller: &Caller,
+        change: ProfileChange,
+    ) -> Result<Profile, Error> {
+        if change.name.is_none() && change.email.is_none() {
+            return Err(Error::InvalidRequest("give name, email or both".into()));
+        }
+        let change = UserChange {
+            email: change.email.as_deref().map(check_email).transpose()?,
+            name: change.name.as_deref().map(check_name).transpose()?,
+            role_id: None,
+            password_hash: None,
+            disabled: None,
+            revoke_sessions: RevokeSessions::None,
+        };
+        match self.store.update_user(caller.user_id, change).await? {
+            UserUpdate::Updated(user) => Ok(profile_of(&user)),
+            UserUpdate::NotFound => Err(Error::UserNotFound),
+            UserUpdate::EmailTaken => Err(Error::EmailTaken),
+        }
+    }
+
+    /// Changes the caller's password after checking the current one (a
+    /// wrong one counts as a failed login), and revokes every other
+    /// session of theirs; the caller's own session stays.
+    pub async fn change_password(
+        &self,
+        caller: &Caller,
+        current: Password,
+        new: Password,
+        client_address: Option<std::net::IpAddr>,
+    ) -> Result<(), Error> {
+        check_new_password(&new)?;
+        let user = self
+            .store
+            .user(caller.user_id)
+            .await?
+            .ok_or(Error::UserNotFound)?;
+        self.check_password(&user.email, current, client_address)
+            .await?;
+        let password_hash = self.passwords.hash(new).await?;
+        let change = UserChange {
+            email: None,
+            name: None,
+            role_id: None,
+            password_hash: Some(password_hash),
+            disabled: None,
+            revoke_sessions: RevokeSessions::AllExcept(caller.session_id),
+        };
+        match self.store.update_user(caller.user_id, change).await? {
+            UserUpdate::Updated(_) => {
+                tracing::info!(
+                    user_id = caller.user_id,
+                    "password changed; other sessions revoked"
+                );
+                Ok(())
+            }
+            UserUpdate::NotFound => Err(Error::UserNotFound),
+            UserUpdate::EmailTaken => Err(Error::EmailTaken),
+        }
+    }
+
+    /// The caller's live sessions, oldest first, and which is theirs now.
+    pub async fn own_sessions(&self, caller: &Caller) -> Result<Vec<(SessionInfo, bool)>, Error> {
+        let sessions = self.accounts.sessions(caller.user_id).await?;
+        Ok(sessions
+            .into_iter()
+            .map(|info| {
+                let current = info.id == caller.session_id;
+                (info, current)
+            })
+            .collect())
+    }
+
+    /// Revokes one of the caller's live sessions.
+    pub async fn revoke_own_session(&self, caller: &Caller, id: SessionId) -> Result<(), Error> {
+        let now = self.clock.now_millis();
+        let session = self.store.session(id).await?;
+        if !session.is_some_and(|s| s.user_id == caller.user_id && s.is_live(now)) {
+            return Err(Error::SessionNotFound);
+        }
+        self.store.revoke_session(id, caller.user_id, now).await?;
+        Ok(())
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -113,18 +337,14 @@ impl Auth {
                 "password must be at most {MAX_PASSWORD_BYTES} bytes"
             )));
         }
-        let allowed_roles = match &attempt.client_type {
-            None => None,
-            Some(kind) => Some(self.type_roles.roles_for(kind).ok_or_else(|| {
-                Error::InvalidRequest(format!(
-                    "type must be one of: {}",
-                    self.type_roles.known_types().join(", ")
-                ))
-            })?),
-        };
+        let allowed_roles = self.roles_for_type(attempt.client_type.as_deref())?;
         let user = self
             .check_password(&email, attempt.password.clone(), attempt.client_address)
             .await?;
+        // Said only to someone who knows the password.
+        if user.disabled {
+            return Err(Error::UserDisabled);
+        }
         if allowed_roles.is_some_and(|roles| !roles.contains(&user.role_id)) {
             return Err(Error::RoleNotAllowed);
         }
@@ -278,23 +498,7 @@ impl Auth {
     /// The profile comes from the token: a user's sessions are deleted with
     /// the user, so a live session implies its user exists.
     pub async fn profile(&self, access_token: &str) -> Result<Profile, Error> {
-        let verified = self
-            .keys
-            .verify(access_token, TokenType::Access, self.clock.now_secs())?;
-        let session = self.store.session(verified.session_id).await?;
-        let session = session
-            .filter(|s| s.user_id == verified.user_id)
-            .ok_or(Error::InvalidToken("unknown session"))?;
-        if session.revoked {
-            return Err(Error::SessionRevoked);
-        }
-        if !session.is_live(self.clock.now_millis()) {
-            return Err(Error::TokenExpired);
-        }
-        verified
-            .claims
-            .profile
-            .ok_or(Error::InvalidToken("malformed profile"))
+        Ok(self.authenticate(access_token).await?.profile)
     }
 
     /// Logs out. `local` revokes the token's session, and accepts quietly
@@ -462,6 +666,7 @@ pub async fn create_user(
         role_id,
         password_hash,
         created_at: now,
+        disabled: false,
     };
     Ok(store.create_user(new).await?)
 }

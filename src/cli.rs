@@ -298,6 +298,40 @@ pub struct ServeArgs {
     #[arg(long, env = "LATCHKEY_BODY_TIMEOUT", default_value = "10s")]
     pub body_timeout: String,
 
+    /// Whether anyone may sign up with POST /auth/register.
+    #[arg(long, env = "LATCHKEY_REGISTRATION", value_enum, default_value_t = RegistrationMode::Closed)]
+    pub registration: RegistrationMode,
+
+    /// The role of users who sign up.
+    #[arg(long, env = "LATCHKEY_REGISTRATION_ROLE", default_value_t = 1)]
+    pub registration_role: i64,
+
+    /// Most sign-ups per client address per hour.
+    #[arg(long, env = "LATCHKEY_REGISTRATION_LIMIT", default_value_t = 10)]
+    pub registration_limit: u32,
+
+    /// File holding the admin API key (at least 32 bytes; refused when others
+    /// may read it). Callers of /admin/… send it as `Authorization: Bearer`.
+    #[arg(long, env = "LATCHKEY_ADMIN_KEY_FILE")]
+    pub admin_key_file: Option<PathBuf>,
+
+    /// Users with this role id may call /admin/… with their access token;
+    /// repeatable or comma-separated.
+    #[arg(long, env = "LATCHKEY_ADMIN_ROLE", value_delimiter = ',')]
+    pub admin_role: Vec<i64>,
+
+    /// The admin Unix socket (default: beside the database, `<name>.sock`).
+    #[arg(
+        long,
+        env = "LATCHKEY_ADMIN_SOCKET",
+        conflicts_with = "no_admin_socket"
+    )]
+    pub admin_socket: Option<PathBuf>,
+
+    /// Do not open the admin Unix socket.
+    #[arg(long, env = "LATCHKEY_NO_ADMIN_SOCKET")]
+    pub no_admin_socket: bool,
+
     /// How often expired sessions are removed from the database.
     #[arg(long, env = "LATCHKEY_SWEEP_INTERVAL", default_value = "1m")]
     pub sweep_interval: String,
@@ -305,6 +339,12 @@ pub struct ServeArgs {
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     #[arg(long, env = "LATCHKEY_SHUTDOWN_TIMEOUT", default_value = "10s")]
     pub shutdown_timeout: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RegistrationMode {
+    Closed,
+    Open,
 }
 
 #[derive(Debug, Subcommand)]

@@ -185,6 +185,12 @@ impl TypeRoles {
     }
 }
 
+/// The admin socket beside the database: `data/latchkey.sock` for
+/// `data/latchkey.redb`.
+pub fn default_admin_socket(data: &std::path::Path) -> PathBuf {
+    data.with_extension("sock")
+}
+
 /// Where the database is, from the flags every command shares.
 pub fn store_location(common: &CommonArgs) -> crate::store::redb::Location {
     crate::store::redb::Location {
@@ -228,6 +234,14 @@ pub struct ServeConfig {
     pub max_connections: usize,
     /// Most live sessions per user.
     pub max_sessions_per_user: usize,
+    /// `None` when sign-up is closed.
+    pub registration: Option<crate::auth::Registration>,
+    /// The admin API key; `None` without `--admin-key-file`.
+    pub admin_key: Option<Secret>,
+    /// Roles whose access tokens may call the admin API.
+    pub admin_roles: Vec<i64>,
+    /// The admin Unix socket; `None` with `--no-admin-socket`.
+    pub admin_socket: Option<PathBuf>,
     pub header_timeout: Duration,
     pub body_timeout: Duration,
 }
@@ -281,6 +295,34 @@ impl ServeConfig {
             max_connections: args.max_connections,
             max_sessions_per_user: usize::try_from(args.max_sessions_per_user)
                 .unwrap_or(usize::MAX),
+            registration: match args.registration {
+                crate::cli::RegistrationMode::Closed => None,
+                crate::cli::RegistrationMode::Open => Some(crate::auth::Registration {
+                    role_id: args.registration_role,
+                    per_address_per_hour: args.registration_limit,
+                }),
+            },
+            admin_key: args
+                .admin_key_file
+                .as_deref()
+                .map(|path| {
+                    crate::secrets::read_key_file(
+                        path,
+                        "--admin-key-file",
+                        args.secret.insecure_secret_file,
+                    )
+                })
+                .transpose()?,
+            admin_roles: args.admin_role.clone(),
+            admin_socket: if args.no_admin_socket {
+                None
+            } else {
+                Some(
+                    args.admin_socket
+                        .clone()
+                        .unwrap_or_else(|| default_admin_socket(&common.data)),
+                )
+            },
             header_timeout,
             body_timeout,
         })

@@ -23,7 +23,17 @@ pub enum Error {
     TokenReused,
     SessionRevoked,
     UserNotFound,
-    /// Too many failed logins for this account or client; retry after the delay.
+    /// Another user has this email.
+    EmailTaken,
+    /// No live session with this id (of this user).
+    SessionNotFound,
+    /// The right password, for a disabled account.
+    UserDisabled,
+    /// Sign-up is turned off.
+    RegistrationClosed,
+    /// Authenticated, but not allowed to do this.
+    Forbidden,
+    /// Too many failed logins (or sign-ups) for this account or client; retry after the delay.
     RateLimited {
         retry_after_secs: u64,
     },
@@ -58,6 +68,11 @@ impl fmt::Display for Error {
             Error::TokenReused => f.write_str("refresh token reused; session revoked"),
             Error::SessionRevoked => f.write_str("session revoked"),
             Error::UserNotFound => f.write_str("user not found"),
+            Error::EmailTaken => f.write_str("email taken"),
+            Error::SessionNotFound => f.write_str("session not found"),
+            Error::UserDisabled => f.write_str("user disabled"),
+            Error::RegistrationClosed => f.write_str("registration closed"),
+            Error::Forbidden => f.write_str("forbidden"),
             Error::RateLimited { retry_after_secs } => {
                 write!(f, "rate limited for {retry_after_secs} s")
             }

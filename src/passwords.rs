@@ -331,8 +331,37 @@ fn hash_with(params: &Params, password: &[u8], buffer: &mut Vec<Block>) -> Resul
     Ok(phc.to_string())
 }
 
-/// Verifies against a PHC string in any argon2 variant and parameters; a
-/// hash that cannot be parsed never matches.
+/// Whether `hash` is a bcrypt hash (`$2a$`, `$2b$` or `$2y$`, a cost, 53
+/// characters of salt and hash).
+pub fn is_bcrypt_hash(hash: &str) -> bool {
+    let bytes = hash.as_bytes();
+    hash.len() == 60
+        && (hash.starts_with("$2a$") || hash.starts_with("$2b$") || hash.starts_with("$2y$"))
+        && bytes[4].is_ascii_digit()
+        && bytes[5].is_ascii_digit()
+        && bytes[6] == b'$'
+        && hash[7..]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'/')
+}
+
+/// Whether `hash` is a stored password hash latchkey can verify: an argon2
+/// PHC string or a bcrypt hash.
+pub fn is_supported_hash(hash: &str) -> bool {
+    if is_bcrypt_hash(hash) {
+        return true;
+    }
+    let Ok(phc) = PasswordHash::new(hash) else {
+        return false;
+    };
+    Algorithm::new(phc.algorithm.as_str()).is_ok()
+        && Params::try_from(&phc).is_ok()
+        && phc.salt.is_some()
+        && phc.hash.is_some()
+}
+
+/// Verifies against a bcrypt hash, or a PHC string in any argon2 variant
+/// and parameters; a hash that cannot be parsed never matches.
 fn verify_with(
     configured: &Params,
     password: &[u8],
@@ -343,6 +372,15 @@ fn verify_with(
         matches: false,
         needs_rehash: false,
     };
+    if is_bcrypt_hash(stored) {
+        // Imported from another backend: verified once, re-hashed to
+        // argon2id at the first successful login.
+        let matches = bcrypt::verify(password, stored).unwrap_or(false);
+        return Verification {
+            matches,
+            needs_rehash: true,
+        };
+    }
     let Ok(phc) = PasswordHash::new(stored) else {
         return no;
     };
@@ -472,6 +510,28 @@ mod tests {
             assert!(!verify_with(&params, b"px", &theirs, &mut buffer).matches);
         }
         assert!(!verify_with(&params, b"pw", "$argon2id$garbage", &mut buffer).matches);
+    }
+
+    #[test]
+    fn bcrypt_hashes_verify_and_ask_for_a_rehash() {
+        let params = CHEAP.to_params().unwrap();
+        let mut buffer = Vec::new();
+        let hash = bcrypt::hash("old password", 4).unwrap();
+        assert!(is_bcrypt_hash(&hash) && is_supported_hash(&hash), "{hash}");
+        let right = verify_with(&params, b"old password", &hash, &mut buffer);
+        assert_eq!(
+            right,
+            Verification {
+                matches: true,
+                needs_rehash: true
+            }
+        );
+        assert!(!verify_with(&params, b"wrong", &hash, &mut buffer).matches);
+        assert!(!is_supported_hash("$2b$04$tooshort"));
+        assert!(!is_supported_hash("plain text"));
+        assert!(is_supported_hash(
+            &hash_with(&params, b"pw", &mut buffer).unwrap()
+        ));
     }
 
     #[tokio::test]

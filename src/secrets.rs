@@ -74,6 +74,26 @@ pub fn refuse_if_readable_by_others(
     ))
 }
 
+/// A key read from a file (an admin or verifier key): at least
+/// [`MIN_SECRET_BYTES`], one trailing newline removed, refused when others
+/// may read the file.
+pub fn read_key_file(path: &Path, flag: &str, insecure: bool) -> Result<Secret, ConfigError> {
+    refuse_if_readable_by_others(path, flag, insecure)?;
+    let mut bytes = fs::read(path)
+        .map_err(|e| ConfigError(format!("cannot read {flag} {}: {e}", path.display())))?;
+    if bytes.last() == Some(&b'\n') {
+        bytes.pop();
+    }
+    if bytes.len() < MIN_SECRET_BYTES {
+        return err(format!(
+            "{flag} {} holds {} bytes; a key needs at least {MIN_SECRET_BYTES}",
+            path.display(),
+            bytes.len()
+        ));
+    }
+    Ok(Secret(bytes))
+}
+
 /// The signing secret: `--secret`, else `--secret-file`, else the one
 /// generated beside the database (created on first use).
 ///

@@ -252,6 +252,23 @@ impl Table {
     }
 }
 
+/// IPv4 addresses (also IPv4-mapped IPv6) in full; IPv6 by network.
+fn address_key(address: IpAddr, ipv6_prefix: u8) -> Key {
+    match address {
+        IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => u128::from(v4.to_ipv6_mapped()),
+            None => {
+                let prefix = u32::from(ipv6_prefix.min(128));
+                let mask = u128::MAX.checked_shl(128 - prefix).unwrap_or(0);
+                // Cannot equal an IPv4 key: only addresses in
+                // ::ffff:0:0/96 mask to one, and those are IPv4 above.
+                u128::from(v6) & mask
+            }
+        },
+    }
+}
+
 /// Why a login attempt is refused, and for how long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Blocked {
@@ -346,21 +363,8 @@ impl Throttle {
         (u128::from(high) << 64) | u128::from(low)
     }
 
-    /// IPv4 addresses (also IPv4-mapped IPv6) in full; IPv6 by network.
     fn address_key(&self, address: IpAddr) -> Key {
-        match address {
-            IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => u128::from(v4.to_ipv6_mapped()),
-                None => {
-                    let prefix = u32::from(self.policy.ipv6_prefix.min(128));
-                    let mask = u128::MAX.checked_shl(128 - prefix).unwrap_or(0);
-                    // Cannot equal an IPv4 key: only addresses in
-                    // ::ffff:0:0/96 mask to one, and those are IPv4 above.
-                    u128::from(v6) & mask
-                }
-            },
-        }
+        address_key(address, self.policy.ipv6_prefix)
     }
 
     /// Admits a login attempt for `email` (normalised) from `address`, before
@@ -816,5 +820,90 @@ mod measure {
             after - before,
             (after - before) * 1024 / (accounts + addresses) as u64
         );
+    }
+}
+
+/// Sign-ups per client address: at most `per_hour` in any hour-long window
+/// that starts with an address's first sign-up. Bounded like the throttle's
+/// tables: at most `capacity` addresses; when full, the window that ends
+/// soonest is dropped (an address whose window ended first).
+pub struct SignupLimit {
+    per_hour: u32,
+    capacity: usize,
+    ipv6_prefix: u8,
+    windows: Mutex<SignupWindows>,
+}
+
+#[derive(Default)]
+struct SignupWindows {
+    by_address: HashMap<Key, (Instant, u32)>,
+    by_start: BTreeSet<(Instant, Key)>,
+}
+
+const SIGNUP_WINDOW: Duration = Duration::from_secs(3600);
+
+impl SignupLimit {
+    pub fn new(per_hour: u32, capacity: usize, ipv6_prefix: u8) -> Self {
+        SignupLimit {
+            per_hour,
+            capacity: capacity.max(1),
+            ipv6_prefix,
+            windows: Mutex::new(SignupWindows::default()),
+        }
+    }
+
+    /// Counts one sign-up from `address` at `now`, or says how long to wait.
+    pub fn take(&self, address: IpAddr, now: Instant) -> Result<(), Blocked> {
+        let key = address_key(address, self.ipv6_prefix);
+        let mut windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
+        let (start, count) = match windows.by_address.get(&key).copied() {
+            Some((start, count)) if now.saturating_duration_since(start) < SIGNUP_WINDOW => {
+                (start, count)
+            }
+            Some((start, _)) => {
+                windows.by_start.remove(&(start, key));
+                (now, 0)
+            }
+            None => (now, 0),
+        };
+        if count >= self.per_hour {
+            return Err(Blocked {
+                retry_after: (start + SIGNUP_WINDOW).saturating_duration_since(now),
+            });
+        }
+        if count == 0 {
+            while windows.by_address.len() >= self.capacity {
+                let Some(oldest) = windows.by_start.pop_first() else {
+                    windows.by_address.clear();
+                    break;
+                };
+                windows.by_address.remove(&oldest.1);
+            }
+            windows.by_start.insert((start, key));
+        }
+        windows.by_address.insert(key, (start, count + 1));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod signup_tests {
+    use super::*;
+
+    #[test]
+    fn sign_ups_are_limited_per_address_per_hour_and_bounded() {
+        let limit = SignupLimit::new(2, 10, 64);
+        let t0 = Instant::now();
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        assert!(limit.take(ip, t0).is_ok());
+        assert!(limit.take(ip, t0).is_ok());
+        let refused = limit.take(ip, t0 + Duration::from_secs(60)).unwrap_err();
+        assert_eq!(refused.retry_after, Duration::from_secs(3540));
+        assert!(limit.take("192.0.2.2".parse().unwrap(), t0).is_ok());
+        assert!(limit.take(ip, t0 + SIGNUP_WINDOW).is_ok(), "a new hour");
+        for n in 0..1000u32 {
+            let _ = limit.take(IpAddr::from(n.to_be_bytes()), t0);
+        }
+        assert!(limit.windows.lock().unwrap().by_address.len() <= 10);
     }
 }

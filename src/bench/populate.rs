@@ -49,6 +49,7 @@ pub async fn populate(common: &CommonArgs, args: &BenchArgs) -> Result<(), BoxEr
                 role_id: args.role,
                 password_hash: password_hash.clone(),
                 created_at: plan.now,
+                disabled: false,
             })
             .collect();
         let ids = store.bulk_create_users(batch).await?;

@@ -73,13 +73,13 @@ impl<'de> serde::Deserialize<'de> for UniqueKeys {
 }
 
 /// A required string field.
-fn required_str(object: &Map<String, Value>, field: &str) -> Result<String, Error> {
+pub fn required_str(object: &Map<String, Value>, field: &str) -> Result<String, Error> {
     optional_str(object, field)?
         .ok_or_else(|| Error::InvalidRequest(format!("{field} is required")))
 }
 
 /// An optional string field; `null` counts as absent.
-fn optional_str(object: &Map<String, Value>, field: &str) -> Result<Option<String>, Error> {
+pub fn optional_str(object: &Map<String, Value>, field: &str) -> Result<Option<String>, Error> {
     match object.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(text)) => Ok(Some(text.clone())),
@@ -116,6 +116,85 @@ pub fn logout_request(body: &[u8]) -> Result<LogoutRequest, Error> {
         refresh_token: required_str(&object, "refreshToken")?,
         scope,
     })
+}
+
+/// A sign-up: `{"email","password","name"}` and an optional `type`.
+pub struct RegisterRequest {
+    pub email: String,
+    pub password: Password,
+    pub name: String,
+    pub client_type: Option<String>,
+}
+
+pub fn register_request(body: &[u8]) -> Result<RegisterRequest, Error> {
+    let object = json_object(body)?;
+    Ok(RegisterRequest {
+        email: required_str(&object, "email")?,
+        password: Password::new(required_str(&object, "password")?),
+        name: required_str(&object, "name")?,
+        client_type: optional_str(&object, "type")?,
+    })
+}
+
+/// `PATCH /auth/profile`: `name` and `email`, each optional, one at least.
+pub fn profile_change(body: &[u8]) -> Result<(Option<String>, Option<String>), Error> {
+    let object = json_object(body)?;
+    only_fields(&object, &["name", "email"])?;
+    Ok((
+        optional_str(&object, "name")?,
+        optional_str(&object, "email")?,
+    ))
+}
+
+/// `POST /auth/password`: `currentPassword` and `newPassword`.
+pub fn password_change(body: &[u8]) -> Result<(Password, Password), Error> {
+    let object = json_object(body)?;
+    Ok((
+        Password::new(required_str(&object, "currentPassword")?),
+        Password::new(required_str(&object, "newPassword")?),
+    ))
+}
+
+/// Refuses fields other than `allowed` (a typo must not be ignored quietly
+/// where it would change an account).
+pub fn only_fields(object: &Map<String, Value>, allowed: &[&str]) -> Result<(), Error> {
+    match object.keys().find(|key| !allowed.contains(&key.as_str())) {
+        Some(key) if key.len() <= 64 => Err(Error::InvalidRequest(format!(
+            "unknown field {key:?}; expected {}",
+            allowed.join(", ")
+        ))),
+        Some(_) => Err(Error::InvalidRequest("unknown field".into())),
+        None => Ok(()),
+    }
+}
+
+/// A required integer field.
+pub fn required_i64(object: &Map<String, Value>, field: &str) -> Result<i64, Error> {
+    optional_i64(object, field)?
+        .ok_or_else(|| Error::InvalidRequest(format!("{field} is required")))
+}
+
+/// An optional integer field; `null` counts as absent.
+pub fn optional_i64(object: &Map<String, Value>, field: &str) -> Result<Option<i64>, Error> {
+    match object.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .map(Some)
+            .ok_or_else(|| Error::InvalidRequest(format!("{field} must be an integer"))),
+        Some(_) => Err(Error::InvalidRequest(format!("{field} must be an integer"))),
+    }
+}
+
+/// An optional boolean field; `null` counts as absent.
+pub fn optional_bool(object: &Map<String, Value>, field: &str) -> Result<Option<bool>, Error> {
+    match object.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(Error::InvalidRequest(format!(
+            "{field} must be true or false"
+        ))),
+    }
 }
 
 /// The token of an `Authorization: Bearer <token>` header.

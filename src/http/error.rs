@@ -106,10 +106,35 @@ pub fn describe_domain(error: &Error) -> (StatusCode, &'static str, String) {
             "user_not_found",
             "the user behind this token no longer exists".into(),
         ),
+        Error::EmailTaken => (
+            S::CONFLICT,
+            "email_taken",
+            "another account has this email".into(),
+        ),
+        Error::SessionNotFound => (
+            S::NOT_FOUND,
+            "session_not_found",
+            "no such live session".into(),
+        ),
+        Error::UserDisabled => (
+            S::FORBIDDEN,
+            "user_disabled",
+            "this account is disabled".into(),
+        ),
+        Error::RegistrationClosed => (
+            S::FORBIDDEN,
+            "registration_closed",
+            "sign-up is closed on this server".into(),
+        ),
+        Error::Forbidden => (
+            S::FORBIDDEN,
+            "forbidden",
+            "this account may not do this".into(),
+        ),
         Error::RateLimited { retry_after_secs } => (
             S::TOO_MANY_REQUESTS,
             "rate_limited",
-            format!("too many failed logins; retry in {retry_after_secs} s"),
+            format!("too many attempts; retry in {retry_after_secs} s"),
         ),
         Error::Overloaded => (
             S::SERVICE_UNAVAILABLE,

@@ -7,9 +7,14 @@ use hyper::header;
 use hyper::{Request, StatusCode};
 use serde_json::json;
 
-use super::{decode, empty_response, json_response, read_json_body, HttpError, HttpResponse};
+use super::{
+    admin, decode, empty_response, json_response, read_json_body, HttpError, HttpResponse,
+};
 use crate::app::App;
+use crate::auth::{Caller, ProfileChange, SignUp};
 use crate::auth::{LoginAttempt, TokenPair};
+use crate::error::Error;
+use crate::session::SessionId;
 
 fn token_pair_response(pair: &TokenPair) -> HttpResponse {
     json_response(
@@ -78,4 +83,108 @@ pub async fn healthz(app: &App) -> Result<HttpResponse, HttpError> {
         StatusCode::OK,
         &json!({ "status": status, "writes": writes }),
     ))
+}
+
+pub async fn register(
+    app: &App,
+    request: Request<Incoming>,
+    client: IpAddr,
+) -> Result<HttpResponse, HttpError> {
+    let sign_up =
+        decode::register_request(&read_json_body(request, app.config.body_timeout).await?)?;
+    let (user, pair) = app
+        .auth
+        .register(SignUp {
+            email: sign_up.email,
+            password: sign_up.password,
+            name: sign_up.name,
+            client_type: sign_up.client_type,
+            client_address: Some(client),
+        })
+        .await?;
+    Ok(json_response(
+        StatusCode::CREATED,
+        &json!({
+            "user": {
+                "id": user.id.to_string(),
+                "email": user.email,
+                "name": user.name,
+                "role_id": user.role_id,
+            },
+            "accessToken": pair.access_token,
+            "refreshToken": pair.refresh_token,
+            "tokenType": "Bearer",
+            "expiresIn": pair.expires_in,
+        }),
+    ))
+}
+
+/// The caller behind the request's Bearer access token.
+async fn caller<B>(app: &App, request: &Request<B>) -> Result<Caller, HttpError> {
+    let token = decode::bearer_token(request.headers().get(header::AUTHORIZATION))?;
+    Ok(app.auth.authenticate(token).await?)
+}
+
+pub async fn update_profile(
+    app: &App,
+    request: Request<Incoming>,
+) -> Result<HttpResponse, HttpError> {
+    let caller = caller(app, &request).await?;
+    let (name, email) =
+        decode::profile_change(&read_json_body(request, app.config.body_timeout).await?)?;
+    let profile = app
+        .auth
+        .update_profile(&caller, ProfileChange { name, email })
+        .await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "profile": profile }),
+    ))
+}
+
+pub async fn change_password(
+    app: &App,
+    request: Request<Incoming>,
+    client: IpAddr,
+) -> Result<HttpResponse, HttpError> {
+    let caller = caller(app, &request).await?;
+    let (current, new) =
+        decode::password_change(&read_json_body(request, app.config.body_timeout).await?)?;
+    app.auth
+        .change_password(&caller, current, new, Some(client))
+        .await?;
+    Ok(empty_response(StatusCode::NO_CONTENT))
+}
+
+pub async fn own_sessions(
+    app: &App,
+    request: &Request<Incoming>,
+) -> Result<HttpResponse, HttpError> {
+    let caller = caller(app, request).await?;
+    let sessions: Vec<_> = app
+        .auth
+        .own_sessions(&caller)
+        .await?
+        .iter()
+        .map(|(info, current)| {
+            let mut session = admin::session_json(info);
+            session["current"] = json!(current);
+            session
+        })
+        .collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "sessions": sessions }),
+    ))
+}
+
+pub async fn revoke_own_session(
+    app: &App,
+    request: &Request<Incoming>,
+    id: &str,
+) -> Result<HttpResponse, HttpError> {
+    let caller = caller(app, request).await?;
+    let id = SessionId::from_hex(id).ok_or(Error::SessionNotFound)?;
+    app.auth.revoke_own_session(&caller, id).await?;
+    Ok(empty_response(StatusCode::NO_CONTENT))
 }

@@ -5,6 +5,7 @@
 //! [`crate::auth`], serialise the answer. Every error becomes the JSON
 //! `{"error", "message"}` body in [`error`], the one table of statuses.
 
+pub mod admin;
 pub mod client_address;
 pub mod decode;
 pub mod error;
@@ -26,6 +27,8 @@ pub use error::{error_response, HttpError};
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
+/// Largest body of an authorised admin request (an import).
+pub const MAX_ADMIN_BODY_BYTES: usize = 64 * 1024 * 1024;
 
 pub type HttpResponse = Response<Full<Bytes>>;
 
@@ -41,28 +44,99 @@ async fn route(
     peer: SocketAddr,
 ) -> Result<HttpResponse, HttpError> {
     let method = request.method().clone();
-    match (request.uri().path(), method) {
+    let path = request.uri().path().to_string();
+    let client =
+        || client_address::client_address(peer, request.headers(), &app.config.trusted_proxies);
+    match (path.as_str(), method) {
         ("/auth/login", Method::POST) => {
-            let client = client_address::client_address(
-                peer,
-                request.headers(),
-                &app.config.trusted_proxies,
-            );
+            let client = client();
             handlers::login(app, request, client).await
+        }
+        ("/auth/register", Method::POST) => {
+            let client = client();
+            handlers::register(app, request, client).await
         }
         ("/auth/refresh", Method::POST) => handlers::refresh(app, request).await,
         ("/auth/logout", Method::POST) => handlers::logout(app, request).await,
         ("/auth/profile", Method::GET) => handlers::profile(app, &request).await,
+        ("/auth/profile", Method::PATCH) => handlers::update_profile(app, request).await,
+        ("/auth/password", Method::POST) => {
+            let client = client();
+            handlers::change_password(app, request, client).await
+        }
+        ("/auth/sessions", Method::GET) => handlers::own_sessions(app, &request).await,
         ("/healthz", Method::GET) => handlers::healthz(app).await,
         ("/openapi.json", Method::GET) => Ok(openapi_document()),
-        ("/auth/login" | "/auth/refresh" | "/auth/logout", _) => {
-            Err(HttpError::MethodNotAllowed { allow: "POST" })
-        }
-        ("/auth/profile" | "/healthz" | "/openapi.json", _) => {
+        (
+            "/auth/login" | "/auth/refresh" | "/auth/logout" | "/auth/register" | "/auth/password",
+            _,
+        ) => Err(HttpError::MethodNotAllowed { allow: "POST" }),
+        ("/auth/profile", _) => Err(HttpError::MethodNotAllowed {
+            allow: "GET, PATCH",
+        }),
+        ("/auth/sessions" | "/healthz" | "/openapi.json", _) => {
             Err(HttpError::MethodNotAllowed { allow: "GET" })
         }
-        _ => Err(HttpError::NotFound),
+        (path, method) => {
+            if let Some(id) = path.strip_prefix("/auth/sessions/") {
+                return match method {
+                    Method::DELETE => handlers::revoke_own_session(app, &request, id).await,
+                    _ => Err(HttpError::MethodNotAllowed { allow: "DELETE" }),
+                };
+            }
+            if let Some(rest) = path.strip_prefix("/admin/") {
+                let rest = rest.to_string();
+                return admin_over_tcp(app, request, &rest).await;
+            }
+            Err(HttpError::NotFound)
+        }
     }
+}
+
+/// `/admin/…` on the public port: 404 unless an admin key or admin roles
+/// are configured; then the admin key, or an access token of an admin role.
+async fn admin_over_tcp(
+    app: &App,
+    request: Request<Incoming>,
+    rest: &str,
+) -> Result<HttpResponse, HttpError> {
+    let config = &app.config;
+    if config.admin_key.is_none() && config.admin_roles.is_empty() {
+        return Err(HttpError::NotFound);
+    }
+    let token = decode::bearer_token(request.headers().get(header::AUTHORIZATION))?;
+    let is_admin_key = config
+        .admin_key
+        .as_ref()
+        .is_some_and(|key| subtle::ConstantTimeEq::ct_eq(key.bytes(), token.as_bytes()).into());
+    if !is_admin_key {
+        let caller = app.auth.authenticate(token).await?;
+        if !config.admin_roles.contains(&caller.profile.role_id) {
+            return Err(crate::error::Error::Forbidden.into());
+        }
+    }
+    serve_admin(app.auth.accounts(), request, rest, config.body_timeout).await
+}
+
+/// Runs an authorised admin request (TCP or the admin socket).
+pub async fn serve_admin<B>(
+    accounts: &crate::accounts::Accounts,
+    request: Request<B>,
+    rest: &str,
+    body_timeout: Duration,
+) -> Result<HttpResponse, HttpError>
+where
+    B: hyper::body::Body,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let method = request.method().clone();
+    let query = request.uri().query().map(str::to_string);
+    let body = if matches!(method, Method::POST | Method::PATCH) {
+        read_json_body_limited(request, body_timeout, MAX_ADMIN_BODY_BYTES).await?
+    } else {
+        Bytes::new()
+    };
+    admin::route(accounts, &method, rest, query.as_deref(), body).await
 }
 
 /// The OpenAPI 3 description of this API, for clients and API fuzzers.
@@ -96,7 +170,7 @@ pub fn empty_response(status: StatusCode) -> HttpResponse {
     response
 }
 
-fn is_json(request: &Request<Incoming>) -> bool {
+fn is_json<B>(request: &Request<B>) -> bool {
     let Some(value) = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -112,6 +186,18 @@ fn is_json(request: &Request<Incoming>) -> bool {
 /// [`MAX_BODY_BYTES`] (checked against `Content-Length` first and while
 /// reading), 408 when it does not arrive within `timeout`.
 async fn read_json_body(request: Request<Incoming>, timeout: Duration) -> Result<Bytes, HttpError> {
+    read_json_body_limited(request, timeout, MAX_BODY_BYTES).await
+}
+
+async fn read_json_body_limited<B>(
+    request: Request<B>,
+    timeout: Duration,
+    limit: usize,
+) -> Result<Bytes, HttpError>
+where
+    B: hyper::body::Body,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
     if !is_json(&request) {
         return Err(HttpError::UnsupportedMediaType);
     }
@@ -119,10 +205,10 @@ async fn read_json_body(request: Request<Incoming>, timeout: Duration) -> Result
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+    if declared.is_some_and(|n| n > limit as u64) {
         return Err(HttpError::PayloadTooLarge);
     }
-    let collect = Limited::new(request.into_body(), MAX_BODY_BYTES).collect();
+    let collect = Limited::new(request.into_body(), limit).collect();
     let collected = tokio::time::timeout(timeout, collect)
         .await
         .map_err(|_| HttpError::RequestTimeout)?;

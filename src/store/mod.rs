@@ -32,6 +32,8 @@ pub struct User {
     pub role_id: i64,
     pub password_hash: String,
     pub created_at: Millis,
+    /// A disabled user cannot log in, and has no live sessions.
+    pub disabled: bool,
 }
 
 impl fmt::Debug for User {
@@ -41,6 +43,7 @@ impl fmt::Debug for User {
             .field("email", &self.email)
             .field("name", &self.name)
             .field("role_id", &self.role_id)
+            .field("disabled", &self.disabled)
             .finish_non_exhaustive()
     }
 }
@@ -53,6 +56,7 @@ pub struct NewUser {
     pub role_id: i64,
     pub password_hash: String,
     pub created_at: Millis,
+    pub disabled: bool,
 }
 
 impl NewUser {
@@ -65,8 +69,58 @@ impl NewUser {
             role_id: self.role_id,
             password_hash: self.password_hash,
             created_at: self.created_at,
+            disabled: self.disabled,
         }
     }
+}
+
+/// Which sessions a change to a user revokes, in the same transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevokeSessions {
+    None,
+    All,
+    /// All but this one (the caller's own, on a password change).
+    AllExcept(SessionId),
+}
+
+/// A change to a user: every field given is set.
+#[derive(Debug, Clone)]
+pub struct UserChange {
+    /// Normalised.
+    pub email: Option<String>,
+    pub name: Option<String>,
+    pub role_id: Option<i64>,
+    pub password_hash: Option<String>,
+    pub disabled: Option<bool>,
+    pub revoke_sessions: RevokeSessions,
+}
+
+/// The result of [`Store::update_user`].
+#[derive(Debug)]
+pub enum UserUpdate {
+    Updated(User),
+    NotFound,
+    /// Another user has the new email.
+    EmailTaken,
+}
+
+/// The result of [`Store::import_users`]: all or nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Import {
+    Imported(usize),
+    /// The user at this index (0-based) has an email that is taken, in the
+    /// database or earlier in the same import; nothing was imported.
+    EmailTaken(usize),
+}
+
+/// One page of users, ordered by id.
+#[derive(Debug)]
+pub struct UserPage {
+    pub users: Vec<User>,
+    /// The id to pass as `after` for the next page, if there is one.
+    pub next: Option<UserId>,
+    /// How many users there are in all.
+    pub total: u64,
 }
 
 /// The result of presenting a refresh token to its session.
@@ -176,6 +230,27 @@ pub trait Store: Send + Sync + 'static {
     async fn create_user(&self, user: NewUser) -> StoreResult<Option<User>>;
     async fn user_by_email(&self, email: &str) -> StoreResult<Option<User>>;
     async fn user(&self, id: UserId) -> StoreResult<Option<User>>;
+    /// Up to `limit` users with ids above `after`, in id order.
+    async fn users_page(&self, after: Option<UserId>, limit: usize) -> StoreResult<UserPage>;
+    /// Applies `change` to user `id` (and revokes the sessions it says) in
+    /// one transaction.
+    async fn update_user(&self, id: UserId, change: UserChange) -> StoreResult<UserUpdate>;
+    /// Deletes user `id` and all of their sessions; `None` if unknown.
+    async fn delete_user(&self, id: UserId) -> StoreResult<Option<User>>;
+    /// Creates all of `users` or, if any email is taken, none.
+    async fn import_users(&self, users: Vec<NewUser>) -> StoreResult<Import>;
+    /// Every stored session of user `id` (live or not), oldest first.
+    async fn sessions_of_user(&self, id: UserId) -> StoreResult<Vec<(SessionId, Session)>>;
+    /// Revokes every live session of user `id` but `except`; returns how many.
+    async fn revoke_sessions_of_user(
+        &self,
+        id: UserId,
+        except: Option<SessionId>,
+        now: Millis,
+    ) -> StoreResult<usize>;
+    /// Writes a consistent copy of the whole database to `target` (a new
+    /// file), usable as a database of its own, while the store serves.
+    async fn backup(&self, target: &std::path::Path) -> StoreResult<()>;
     async fn list_users(&self) -> StoreResult<Vec<User>>;
     /// Removes a user and deletes all of their sessions; `None` if unknown.
     async fn remove_user(&self, email: &str) -> StoreResult<Option<User>>;

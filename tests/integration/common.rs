@@ -67,6 +67,10 @@ pub fn test_config(data: &Path) -> ServeConfig {
         trusted_proxies: Vec::new(),
         max_connections: 10_000,
         max_sessions_per_user: 100,
+        registration: None,
+        admin_key: None,
+        admin_roles: Vec::new(),
+        admin_socket: None,
         header_timeout: Duration::from_secs(10),
         body_timeout: Duration::from_secs(10),
     }

@@ -26,6 +26,7 @@
 //! (opening the file; fault injection), `read_only.rs` (the read-only view),
 //! `bulk.rs` (bulk loading for `bench --populate`).
 
+mod backup;
 mod bulk;
 #[cfg(feature = "test-hooks")]
 mod fault_injecting_file;
@@ -46,7 +47,10 @@ use redb::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::space::SpaceGuard;
-use super::{GlobalLogout, NewUser, RefreshOutcome, Store, StoreError, StoreResult, User};
+use super::{
+    GlobalLogout, Import, NewUser, RefreshOutcome, RevokeSessions, Store, StoreError, StoreResult,
+    User, UserChange, UserPage, UserUpdate,
+};
 use crate::clock::Clock;
 use crate::session::{
     Millis, RefreshDecision, RotationPolicy, Session, SessionId, TokenId, UserId,
@@ -54,7 +58,7 @@ use crate::session::{
 use file::Opener;
 use records::{
     decode_user, delete_session, encode_user, put_session, read_session, read_session_in_write,
-    read_user, read_user_in_write, sessions_of_user,
+    read_user, read_user_in_write, session_ids_of_user,
 };
 use writer::{run_writer, Pending, WriteJob};
 
@@ -320,6 +324,49 @@ impl RedbStore {
     }
 }
 
+/// Deletes a user, their email's index entry and all of their sessions.
+fn delete_user_in(txn: &WriteTransaction, id: UserId) -> StoreResult<Option<User>> {
+    let Some(user) = read_user_in_write(txn, id)? else {
+        return Ok(None);
+    };
+    txn.open_table(USER_EMAILS)
+        .map_err(backend)?
+        .remove(user.email.as_str())
+        .map_err(backend)?;
+    txn.open_table(USERS)
+        .map_err(backend)?
+        .remove(id)
+        .map_err(backend)?;
+    for sid in session_ids_of_user(txn, id)? {
+        if let Some(session) = read_session_in_write(txn, SessionId(sid))? {
+            delete_session(txn, sid, &session)?;
+        }
+    }
+    Ok(Some(user))
+}
+
+/// Revokes every session of `user_id` that is not revoked yet, but `except`.
+fn revoke_all_sessions(
+    txn: &WriteTransaction,
+    user_id: UserId,
+    except: Option<SessionId>,
+) -> StoreResult<usize> {
+    let mut revoked = 0;
+    for sid in session_ids_of_user(txn, user_id)? {
+        if Some(SessionId(sid)) == except {
+            continue;
+        }
+        if let Some(mut target) = read_session_in_write(txn, SessionId(sid))? {
+            if !target.revoked {
+                target.revoked = true;
+                put_session(txn, SessionId(sid), &target)?;
+                revoked += 1;
+            }
+        }
+    }
+    Ok(revoked)
+}
+
 /// Keeps a user below the session cap before `new` is stored (see
 /// [`Store::create_session`]): revokes the oldest live sessions past
 /// `max_live - 1` and deletes the oldest ended ones past `2 × max_live - 1`.
@@ -331,7 +378,7 @@ fn make_room_for_a_session(
     max_live: usize,
 ) -> StoreResult<usize> {
     let max_live = max_live.max(1);
-    let ids = sessions_of_user(txn, new.user_id)?;
+    let ids = session_ids_of_user(txn, new.user_id)?;
     if ids.len() < max_live {
         return Ok(0);
     }
@@ -456,28 +503,160 @@ impl Store for RedbStore {
     async fn remove_user(&self, email: &str) -> StoreResult<Option<User>> {
         let email = email.to_string();
         self.write(move |txn| {
-            let Some(id) = txn
+            let id = txn
                 .open_table(USER_EMAILS)
                 .map_err(backend)?
-                .remove(email.as_str())
+                .get(email.as_str())
                 .map_err(backend)?
-                .map(|v| v.value())
-            else {
-                return Ok(None);
-            };
-            let user = read_user_in_write(txn, id)?;
-            txn.open_table(USERS)
-                .map_err(backend)?
-                .remove(id)
-                .map_err(backend)?;
-            for sid in sessions_of_user(txn, id)? {
-                if let Some(session) = read_session_in_write(txn, SessionId(sid))? {
-                    delete_session(txn, sid, &session)?;
-                }
+                .map(|v| v.value());
+            match id {
+                Some(id) => delete_user_in(txn, id),
+                None => Ok(None),
             }
-            Ok(user)
         })
         .await
+    }
+
+    async fn users_page(&self, after: Option<UserId>, limit: usize) -> StoreResult<UserPage> {
+        self.read(move |txn| {
+            let users = txn.open_table(USERS).map_err(backend)?;
+            let total = redb::ReadableTableMetadata::len(&users).map_err(backend)?;
+            let start = after.map_or(0, |id| id.saturating_add(1));
+            let mut page = Vec::new();
+            let mut next = None;
+            for entry in users.range(start..).map_err(backend)? {
+                let (id, bytes) = entry.map_err(backend)?;
+                if page.len() == limit {
+                    next = page.last().map(|u: &User| u.id);
+                    break;
+                }
+                page.push(decode_user(id.value(), bytes.value())?);
+            }
+            Ok(UserPage {
+                users: page,
+                next,
+                total,
+            })
+        })
+        .await
+    }
+
+    async fn update_user(&self, id: UserId, change: UserChange) -> StoreResult<UserUpdate> {
+        self.write(move |txn| {
+            let Some(mut user) = read_user_in_write(txn, id)? else {
+                return Ok(UserUpdate::NotFound);
+            };
+            if let Some(email) = change.email.filter(|e| *e != user.email) {
+                let mut emails = txn.open_table(USER_EMAILS).map_err(backend)?;
+                if emails.get(email.as_str()).map_err(backend)?.is_some() {
+                    return Ok(UserUpdate::EmailTaken);
+                }
+                emails.remove(user.email.as_str()).map_err(backend)?;
+                emails.insert(email.as_str(), id).map_err(backend)?;
+                user.email = email;
+            }
+            if let Some(name) = change.name {
+                user.name = name;
+            }
+            if let Some(role_id) = change.role_id {
+                user.role_id = role_id;
+            }
+            if let Some(hash) = change.password_hash {
+                user.password_hash = hash;
+            }
+            if let Some(disabled) = change.disabled {
+                user.disabled = disabled;
+            }
+            txn.open_table(USERS)
+                .map_err(backend)?
+                .insert(id, encode_user(&user).as_slice())
+                .map_err(backend)?;
+            let except = match change.revoke_sessions {
+                RevokeSessions::None => return Ok(UserUpdate::Updated(user)),
+                RevokeSessions::All => None,
+                RevokeSessions::AllExcept(keep) => Some(keep),
+            };
+            revoke_all_sessions(txn, id, except)?;
+            Ok(UserUpdate::Updated(user))
+        })
+        .await
+    }
+
+    async fn delete_user(&self, id: UserId) -> StoreResult<Option<User>> {
+        self.write(move |txn| delete_user_in(txn, id)).await
+    }
+
+    async fn import_users(&self, users: Vec<NewUser>) -> StoreResult<Import> {
+        self.write(move |txn| {
+            let mut emails = txn.open_table(USER_EMAILS).map_err(backend)?;
+            let mut seen = std::collections::HashSet::new();
+            for (index, user) in users.iter().enumerate() {
+                let taken = emails.get(user.email.as_str()).map_err(backend)?.is_some();
+                if taken || !seen.insert(user.email.clone()) {
+                    return Ok(Import::EmailTaken(index));
+                }
+            }
+            let mut meta = txn.open_table(META).map_err(backend)?;
+            let mut table = txn.open_table(USERS).map_err(backend)?;
+            let mut next = meta
+                .get(NEXT_USER_ID)
+                .map_err(backend)?
+                .map_or(1, |v| v.value());
+            let count = users.len();
+            for new in users {
+                let user = new.into_user(next);
+                emails.insert(user.email.as_str(), next).map_err(backend)?;
+                table
+                    .insert(next, encode_user(&user).as_slice())
+                    .map_err(backend)?;
+                next += 1;
+            }
+            meta.insert(NEXT_USER_ID, next).map_err(backend)?;
+            Ok(Import::Imported(count))
+        })
+        .await
+    }
+
+    async fn sessions_of_user(&self, id: UserId) -> StoreResult<Vec<(SessionId, Session)>> {
+        self.read(move |txn| {
+            let index = txn.open_table(USER_SESSIONS).map_err(backend)?;
+            let range = index
+                .range((id, 0u128)..=(id, u128::MAX))
+                .map_err(backend)?;
+            let mut out = Vec::new();
+            for entry in range {
+                let sid = SessionId(entry.map_err(backend)?.0.value().1);
+                if let Some(session) = read_session(txn, sid)? {
+                    out.push((sid, session));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn revoke_sessions_of_user(
+        &self,
+        id: UserId,
+        except: Option<SessionId>,
+        now: Millis,
+    ) -> StoreResult<usize> {
+        self.write(move |txn| {
+            let _ = now;
+            revoke_all_sessions(txn, id, except)
+        })
+        .await
+    }
+
+    async fn backup(&self, target: &Path) -> StoreResult<()> {
+        let target = target.to_path_buf();
+        let slot = Arc::clone(&self.slot);
+        tokio::task::spawn_blocking(move || {
+            let snapshot = Self::snapshot(&slot)?;
+            backup::copy_snapshot(&snapshot.txn, &target)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("backup task failed: {e}")))?
     }
 
     async fn replace_password_hash(
@@ -618,16 +797,7 @@ impl Store for RedbStore {
                 }
                 return Ok(GlobalLogout::Refused(refused));
             }
-            let mut revoked = 0;
-            for sid in sessions_of_user(txn, user_id)? {
-                if let Some(mut target) = read_session_in_write(txn, SessionId(sid))? {
-                    if !target.revoked {
-                        target.revoked = true;
-                        put_session(txn, SessionId(sid), &target)?;
-                        revoked += 1;
-                    }
-                }
-            }
+            let revoked = revoke_all_sessions(txn, user_id, None)?;
             Ok(GlobalLogout::Done { revoked })
         })
         .await
@@ -690,6 +860,7 @@ mod tests {
             role_id: 1,
             password_hash: "$argon2id$not-a-real-hash".into(),
             created_at: 1,
+            disabled: false,
         }
     }
 
@@ -755,7 +926,7 @@ mod tests {
         }
         let user_id = user.id;
         let kept = store
-            .write(move |txn| sessions_of_user(txn, user_id))
+            .write(move |txn| session_ids_of_user(txn, user_id))
             .await
             .unwrap();
         assert!(kept.len() <= 6, "{} sessions kept", kept.len());

@@ -15,6 +15,8 @@ struct StoredUser {
     role_id: i64,
     password_hash: String,
     created_at: Millis,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    disabled: bool,
 }
 
 pub(super) fn encode_user(user: &User) -> Vec<u8> {
@@ -24,6 +26,7 @@ pub(super) fn encode_user(user: &User) -> Vec<u8> {
         role_id: user.role_id,
         password_hash: user.password_hash.clone(),
         created_at: user.created_at,
+        disabled: user.disabled,
     };
     serde_json::to_vec(&stored).expect("a user record always serialises")
 }
@@ -38,6 +41,7 @@ pub(super) fn decode_user(id: UserId, bytes: &[u8]) -> StoreResult<User> {
         role_id: stored.role_id,
         password_hash: stored.password_hash,
         created_at: stored.created_at,
+        disabled: stored.disabled,
     })
 }
 
@@ -185,7 +189,10 @@ pub(super) fn delete_session(
     Ok(())
 }
 
-pub(super) fn sessions_of_user(txn: &WriteTransaction, user_id: UserId) -> StoreResult<Vec<u128>> {
+pub(super) fn session_ids_of_user(
+    txn: &WriteTransaction,
+    user_id: UserId,
+) -> StoreResult<Vec<u128>> {
     let index = txn.open_table(USER_SESSIONS).map_err(backend)?;
     let range = index
         .range((user_id, 0u128)..=(user_id, u128::MAX))
