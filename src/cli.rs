@@ -77,9 +77,20 @@ pub struct CommonArgs {
 pub enum Command {
     /// Run the HTTP server.
     Serve(ServeArgs),
-    /// Manage users in the database (the server must not be running).
+    /// Manage users: through the admin socket while the server runs, in the
+    /// database file when it does not.
     #[command(subcommand)]
     User(UserCommand),
+    /// List and revoke sessions (like `user`, with or without a server).
+    #[command(subcommand)]
+    Session(SessionCommand),
+    /// Write a consistent copy of the database to a new file (through the
+    /// admin socket while the server runs).
+    Backup {
+        /// The copy to write; it must not exist yet.
+        #[arg(long, env = "LATCHKEY_BACKUP_OUT")]
+        out: PathBuf,
+    },
     /// Load a running server and report throughput and latency, or fill a
     /// database with test data (`--populate`).
     Bench(BenchArgs),
@@ -365,9 +376,62 @@ pub enum UserCommand {
         #[arg(long, env = "LATCHKEY_JSON")]
         json: bool,
     },
-    /// Remove a user and revoke all of their sessions.
+    /// Remove a user and all of their sessions.
     Remove {
         #[arg(long, env = "LATCHKEY_EMAIL")]
         email: String,
+    },
+    /// Set a user's password (read from stdin or prompted for); revokes all
+    /// of their sessions.
+    Passwd {
+        #[arg(long, env = "LATCHKEY_EMAIL")]
+        email: String,
+    },
+    /// Disable a user: no logins, and all of their sessions are revoked.
+    Disable {
+        #[arg(long, env = "LATCHKEY_EMAIL")]
+        email: String,
+    },
+    /// Enable a disabled user again.
+    Enable {
+        #[arg(long, env = "LATCHKEY_EMAIL")]
+        email: String,
+    },
+    /// Import users from JSON Lines (`-` for stdin): `{"email","name","role_id",
+    /// "password"}` or `{…,"password_hash"}` (argon2 PHC or bcrypt), optional
+    /// `"disabled": true`. All or nothing, unless --skip-invalid.
+    Import {
+        /// The JSON Lines file, or `-` for stdin.
+        file: PathBuf,
+        /// Import the valid lines and report the others, instead of importing nothing.
+        #[arg(long, env = "LATCHKEY_SKIP_INVALID")]
+        skip_invalid: bool,
+    },
+    /// Write every user as JSON Lines (with `password_hash`) to stdout.
+    Export,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionCommand {
+    /// List a user's live sessions.
+    List {
+        #[arg(long, env = "LATCHKEY_EMAIL")]
+        email: String,
+        /// Print one JSON object per line instead of a table.
+        #[arg(long, env = "LATCHKEY_JSON")]
+        json: bool,
+    },
+    /// Revoke one session (`--id`, as `session list` prints it) or all of a
+    /// user's sessions (`--email`).
+    Revoke {
+        #[arg(
+            long,
+            env = "LATCHKEY_SESSION_ID",
+            conflicts_with = "email",
+            required_unless_present = "email"
+        )]
+        id: Option<String>,
+        #[arg(long, env = "LATCHKEY_EMAIL")]
+        email: Option<String>,
     },
 }

@@ -11,11 +11,13 @@
 #![forbid(unsafe_code)]
 
 pub mod accounts;
+pub mod admin_socket;
 pub mod app;
 pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod clock;
+pub mod commands;
 pub mod config;
 pub mod credentials;
 pub mod error;

@@ -1,20 +1,18 @@
 //! The `latchkey` binary: parse the command line, set up logging, dispatch.
 //! The only place that turns an error into a message and an exit code.
 
-use std::io::{BufRead, IsTerminal};
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
 use tokio::net::TcpListener;
 
+use latchkey::admin_socket::AdminSocket;
 use latchkey::app::App;
-use latchkey::cli::{Cli, Command, CommonArgs, ServeArgs, UserCommand};
-use latchkey::clock::system_millis;
-use latchkey::config::{self, Argon2Costs, ServeConfig};
-use latchkey::passwords::{Password, Passwords};
-use latchkey::store::redb::RedbStore;
-use latchkey::store::Store;
+use latchkey::cli::{Cli, Command, CommonArgs, ServeArgs};
+use latchkey::commands;
+use latchkey::config::ServeConfig;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -31,7 +29,9 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve(&cli.common, &args).await,
-            Command::User(command) => user_command(&cli.common, command).await,
+            Command::User(command) => commands::user_command(&cli.common, command).await,
+            Command::Session(command) => commands::session_command(&cli.common, command).await,
+            Command::Backup { out } => commands::backup(&cli.common, &out).await,
             Command::Bench(args) if args.populate => {
                 latchkey::bench::populate(&cli.common, &args).await
             }
@@ -65,10 +65,22 @@ async fn serve(common: &CommonArgs, args: &ServeArgs) -> Result<(), BoxError> {
     let listener = TcpListener::bind(&address)
         .await
         .map_err(|e| format!("cannot listen on {address}: {e}"))?;
+    let admin_socket = match &config.admin_socket {
+        Some(path) => AdminSocket::bind(path).await?,
+        None => None,
+    };
     let app: Arc<App> = App::start(config).await?;
     let local = listener.local_addr()?;
+    let admin = admin_socket.map(|socket| {
+        tracing::info!(path = %socket.path().display(), "admin socket open");
+        tokio::spawn(socket.serve(Arc::clone(&app)))
+    });
     tracing::info!("latchkey listening on http://{local}");
     latchkey::server::serve(listener, app, shutdown_signal()).await?;
+    if let Some(admin) = admin {
+        admin.abort();
+        let _ = admin.await;
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -88,106 +100,4 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}
     }
-}
-
-async fn open_store(common: &CommonArgs) -> Result<RedbStore, BoxError> {
-    let (store, _) = RedbStore::open_at(&config::store_location(common)).await?;
-    Ok(store)
-}
-
-async fn user_command(common: &CommonArgs, command: UserCommand) -> Result<(), BoxError> {
-    match command {
-        UserCommand::Add { email, name, role } => add_user(common, &email, &name, role).await,
-        UserCommand::List { json } => list_users(common, json).await,
-        UserCommand::Remove { email } => remove_user(common, &email).await,
-    }
-}
-
-/// `user add`: the password comes from stdin or a prompt, never a flag.
-async fn add_user(common: &CommonArgs, email: &str, name: &str, role: i64) -> Result<(), BoxError> {
-    let email = latchkey::credentials::normalize_email(email)
-        .ok_or("--email is not a valid email address")?;
-    if name.trim().is_empty() {
-        return Err("--name must not be empty".into());
-    }
-    let passwords = Passwords::new(Argon2Costs::from_args(common)?, 1, 1)?;
-    let store = open_store(common).await?;
-    let password = read_new_password()?;
-    let created = latchkey::auth::create_user(
-        &store,
-        &passwords,
-        &email,
-        name,
-        role,
-        password,
-        system_millis(),
-    )
-    .await?;
-    match created {
-        Some(user) => println!(
-            "added user {} <{}> with role {}",
-            user.id, user.email, user.role_id
-        ),
-        None => return Err(format!("a user with email {email} already exists").into()),
-    }
-    Ok(())
-}
-
-/// `user list`: a table, or one JSON object a line; never a hash.
-async fn list_users(common: &CommonArgs, json: bool) -> Result<(), BoxError> {
-    let store = open_store(common).await?;
-    let users = store.list_users().await?;
-    if json {
-        for user in &users {
-            let line = serde_json::json!({
-                "id": user.id.to_string(), "email": user.email, "name": user.name,
-                "role_id": user.role_id, "createdAt": user.created_at / 1000,
-            });
-            println!("{line}");
-        }
-    } else {
-        println!("{:<8} {:<32} {:<24} ROLE", "ID", "EMAIL", "NAME");
-        for user in &users {
-            println!(
-                "{:<8} {:<32} {:<24} {}",
-                user.id, user.email, user.name, user.role_id
-            );
-        }
-    }
-    Ok(())
-}
-
-/// `user remove`: the user and all of their sessions.
-async fn remove_user(common: &CommonArgs, email: &str) -> Result<(), BoxError> {
-    let email = latchkey::credentials::normalize_email(email)
-        .ok_or("--email is not a valid email address")?;
-    let store = open_store(common).await?;
-    match store.remove_user(&email).await? {
-        Some(user) => println!(
-            "removed user {} <{}> and revoked their sessions",
-            user.id, user.email
-        ),
-        None => return Err(format!("no user with email {email}").into()),
-    }
-    Ok(())
-}
-
-/// Reads a new password: prompted twice (without echo) on a terminal,
-/// otherwise one line from stdin without its line ending.
-fn read_new_password() -> Result<Password, BoxError> {
-    let password = if std::io::stdin().is_terminal() {
-        let first = rpassword::prompt_password("Password: ")?;
-        let second = rpassword::prompt_password("Repeat password: ")?;
-        if first != second {
-            return Err("the passwords do not match".into());
-        }
-        first
-    } else {
-        let mut line = String::new();
-        std::io::stdin().lock().read_line(&mut line)?;
-        let line = line.strip_suffix('\n').unwrap_or(&line);
-        line.strip_suffix('\r').unwrap_or(line).to_string()
-    };
-    latchkey::credentials::check_new_password(&password)?;
-    Ok(Password::new(password))
 }

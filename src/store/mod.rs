@@ -188,8 +188,9 @@ impl fmt::Display for StoreError {
         match self {
             StoreError::Locked(path) => write!(
                 f,
-                "the database {path} is in use by another process (is `latchkey serve` running with this --data?). \
-                 Stop that process and retry, or seed users at start with `latchkey serve --seed-user …`"
+                "the database {path} is in use by another process (is `latchkey serve` running with this --data \
+                 and --no-admin-socket?). Stop that process and retry, or run the server with its admin socket, \
+                 through which these commands work while it runs"
             ),
             StoreError::Backend(cause) => write!(f, "storage failure: {cause}"),
             StoreError::Io(cause) => write!(f, "storage I/O failure: {cause}"),

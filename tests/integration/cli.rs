@@ -93,9 +93,9 @@ async fn user_add_list_remove_round_trip() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn user_commands_fail_clearly_while_the_server_holds_the_database() {
+async fn user_commands_fail_clearly_while_a_server_without_its_socket_holds_the_database() {
     let (_dir, data) = data_dir();
-    let server = ServerProcess::start(&data, &["--secret", SECRET]);
+    let server = ServerProcess::start(&data, &["--secret", SECRET, "--no-admin-socket"]);
     let db = db_arg(&data);
     let started = std::time::Instant::now();
     let listed = run_cli(&["user", "list", "--data", &db], "");

@@ -1,6 +1,7 @@
 //! All integration tests, compiled into one binary. Each test starts its own
 //! server on port 0 with its own temporary data folder.
 
+mod accounts;
 mod api;
 mod bench;
 mod cli;

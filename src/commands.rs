@@ -1,0 +1,392 @@
+//! The account commands (`user …`, `session …`, `backup`): the same
+//! admin API requests, sent through the admin socket while a server runs,
+//! or answered in this process from the database file when none does. Both
+//! ways run the same routes ([`crate::http::admin`]), so output, exit codes
+//! and errors are the same.
+
+use std::io::{BufRead, IsTerminal, Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::net::UnixStream;
+
+use crate::accounts::Accounts;
+use crate::cli::{CommonArgs, SessionCommand, UserCommand};
+use crate::clock::Clock;
+use crate::config::{self, Argon2Costs};
+use crate::http::{admin, error_response};
+use crate::passwords::{Password, Passwords};
+use crate::store::redb::RedbStore;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Where admin requests go.
+enum Target {
+    /// A running server's admin socket.
+    Socket(std::path::PathBuf),
+    /// No server: the database file, opened here.
+    Local(Accounts),
+}
+
+/// An admin API answer.
+struct Answer {
+    status: u16,
+    body: Bytes,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+
+    fn error_code(&self) -> String {
+        self.json()["error"].as_str().unwrap_or("").to_string()
+    }
+
+    fn message(&self) -> String {
+        let body = self.json();
+        body["message"].as_str().map_or_else(
+            || format!("the server answered {}", self.status),
+            str::to_string,
+        )
+    }
+}
+
+impl Target {
+    async fn open(common: &CommonArgs) -> Result<Target, BoxError> {
+        let socket = config::default_admin_socket(&common.data);
+        if UnixStream::connect(&socket).await.is_ok() {
+            return Ok(Target::Socket(socket));
+        }
+        let (store, _) = RedbStore::open_at(&config::store_location(common)).await?;
+        let passwords = Passwords::new(Argon2Costs::from_args(common)?, 1, 1)?;
+        Ok(Target::Local(Accounts::new(
+            Arc::new(store),
+            Arc::new(passwords),
+            Clock::default(),
+        )))
+    }
+
+    /// Sends `method path_and_query` (under `/admin/`) with an optional JSON body.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Answer, BoxError> {
+        let bytes = body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string()));
+        match self {
+            Target::Socket(socket) => {
+                let stream = UnixStream::connect(socket).await?;
+                let (mut sender, connection) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+                tokio::spawn(connection);
+                let request = Request::builder()
+                    .method(method)
+                    .uri(format!("/admin/{path}"))
+                    .header("host", "latchkey")
+                    .header("content-type", "application/json")
+                    .body(Full::new(bytes))?;
+                let response = sender.send_request(request).await?;
+                let status = response.status().as_u16();
+                let body = response.into_body().collect().await?.to_bytes();
+                Ok(Answer { status, body })
+            }
+            Target::Local(accounts) => {
+                let (path, query) = match path.split_once('?') {
+                    Some((path, query)) => (path, Some(query)),
+                    None => (path, None),
+                };
+                let response = admin::route(accounts, &method, path, query, bytes)
+                    .await
+                    .unwrap_or_else(|error| error_response(&error));
+                let status = response.status().as_u16();
+                let body = response.into_body().collect().await?.to_bytes();
+                Ok(Answer { status, body })
+            }
+        }
+    }
+
+    /// The user with `email`, as the admin API shows it.
+    async fn user_by_email(&self, email: &str) -> Result<Value, BoxError> {
+        let query: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("email", email)
+            .finish();
+        let answer = ok(self
+            .call(Method::GET, &format!("users?{query}"), None)
+            .await?)?;
+        match answer.json()["users"].as_array().and_then(|u| u.first()) {
+            Some(user) => Ok(user.clone()),
+            None => Err(format!("no user with email {}", email.trim().to_lowercase()).into()),
+        }
+    }
+}
+
+/// The answer if it is a success, else its message as the error.
+fn ok(answer: Answer) -> Result<Answer, BoxError> {
+    if (200..300).contains(&answer.status) {
+        Ok(answer)
+    } else {
+        Err(answer.message().into())
+    }
+}
+
+fn id_of(user: &Value) -> String {
+    user["id"].as_str().unwrap_or_default().to_string()
+}
+
+pub async fn user_command(common: &CommonArgs, command: UserCommand) -> Result<(), BoxError> {
+    let target = Target::open(common).await?;
+    match command {
+        UserCommand::Add { email, name, role } => {
+            let password = read_new_password()?;
+            let body = json!({ "email": email, "name": name, "role_id": role, "password": password.as_str() });
+            let answer = target.call(Method::POST, "users", Some(body)).await?;
+            if answer.error_code() == "email_taken" {
+                let email = email.trim().to_lowercase();
+                return Err(format!("a user with email {email} already exists").into());
+            }
+            let user = ok(answer)?.json()["user"].clone();
+            println!(
+                "added user {} <{}> with role {}",
+                id_of(&user),
+                user["email"].as_str().unwrap_or_default(),
+                user["role_id"]
+            );
+        }
+        UserCommand::List { json } => list_users(&target, json).await?,
+        UserCommand::Remove { email } => {
+            let user = target.user_by_email(&email).await?;
+            ok(target
+                .call(Method::DELETE, &format!("users/{}", id_of(&user)), None)
+                .await?)?;
+            println!(
+                "removed user {} <{}> and revoked their sessions",
+                id_of(&user),
+                user["email"].as_str().unwrap_or_default()
+            );
+        }
+        UserCommand::Passwd { email } => {
+            let user = target.user_by_email(&email).await?;
+            let password = read_new_password()?;
+            let body = json!({ "password": password.as_str() });
+            ok(target
+                .call(
+                    Method::PATCH,
+                    &format!("users/{}", id_of(&user)),
+                    Some(body),
+                )
+                .await?)?;
+            println!(
+                "changed the password of <{}>; their sessions are revoked",
+                user["email"].as_str().unwrap_or_default()
+            );
+        }
+        UserCommand::Disable { email } => set_disabled(&target, &email, true).await?,
+        UserCommand::Enable { email } => set_disabled(&target, &email, false).await?,
+        UserCommand::Import { file, skip_invalid } => import(&target, &file, skip_invalid).await?,
+        UserCommand::Export => {
+            let answer = ok(target.call(Method::GET, "users/export", None).await?)?;
+            std::io::stdout().write_all(&answer.body)?;
+        }
+    }
+    Ok(())
+}
+
+async fn set_disabled(target: &Target, email: &str, disabled: bool) -> Result<(), BoxError> {
+    let user = target.user_by_email(email).await?;
+    let body = json!({ "disabled": disabled });
+    ok(target
+        .call(
+            Method::PATCH,
+            &format!("users/{}", id_of(&user)),
+            Some(body),
+        )
+        .await?)?;
+    let email = user["email"].as_str().unwrap_or_default();
+    if disabled {
+        println!(
+            "disabled user {} <{email}> and revoked their sessions",
+            id_of(&user)
+        );
+    } else {
+        println!("enabled user {} <{email}>", id_of(&user));
+    }
+    Ok(())
+}
+
+async fn list_users(target: &Target, as_json: bool) -> Result<(), BoxError> {
+    if !as_json {
+        println!(
+            "{:<8} {:<32} {:<24} {:<5} DISABLED",
+            "ID", "EMAIL", "NAME", "ROLE"
+        );
+    }
+    let mut after: Option<String> = None;
+    loop {
+        let path = match &after {
+            Some(after) => format!("users?limit=1000&after={after}"),
+            None => "users?limit=1000".to_string(),
+        };
+        let page = ok(target.call(Method::GET, &path, None).await?)?.json();
+        for user in page["users"].as_array().into_iter().flatten() {
+            if as_json {
+                println!("{user}");
+            } else {
+                println!(
+                    "{:<8} {:<32} {:<24} {:<5} {}",
+                    id_of(user),
+                    user["email"].as_str().unwrap_or_default(),
+                    user["name"].as_str().unwrap_or_default(),
+                    user["role_id"].to_string(),
+                    if user["disabled"] == json!(true) {
+                        "yes"
+                    } else {
+                        "no"
+                    }
+                );
+            }
+        }
+        match page["next"].as_str() {
+            Some(next) => after = Some(next.to_string()),
+            None => return Ok(()),
+        }
+    }
+}
+
+/// Reads JSON Lines (`-`: stdin) and imports them in one request.
+async fn import(target: &Target, file: &Path, skip_invalid: bool) -> Result<(), BoxError> {
+    let mut text = String::new();
+    if file == Path::new("-") {
+        std::io::stdin().read_to_string(&mut text)?;
+    } else {
+        text = std::fs::read_to_string(file)
+            .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    }
+    let progress = std::io::stderr().is_terminal();
+    let mut users = Vec::new();
+    let mut unreadable = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<Value>(line) {
+            Ok(Value::Object(mut fields)) => {
+                fields.insert("line".into(), json!(index + 1));
+                users.push(Value::Object(fields));
+            }
+            _ => unreadable.push(format!("line {}: not a JSON object", index + 1)),
+        }
+        if progress && index % 10_000 == 0 {
+            eprint!("\rread {} lines", index + 1);
+        }
+    }
+    if progress {
+        eprintln!("\rread {} lines; importing…", text.lines().count());
+    }
+    if !unreadable.is_empty() && !skip_invalid {
+        return Err(format!("nothing imported; {}", unreadable.join("; ")).into());
+    }
+    let body = json!({ "users": users, "skipInvalid": skip_invalid });
+    let answer = ok(target
+        .call(Method::POST, "users/import", Some(body))
+        .await?)?
+    .json();
+    for skipped in unreadable.iter() {
+        eprintln!("skipped {skipped}");
+    }
+    for skipped in answer["skipped"].as_array().into_iter().flatten() {
+        eprintln!(
+            "skipped line {}: {}",
+            skipped["line"],
+            skipped["reason"].as_str().unwrap_or_default()
+        );
+    }
+    println!("imported {} users", answer["imported"]);
+    Ok(())
+}
+
+pub async fn session_command(common: &CommonArgs, command: SessionCommand) -> Result<(), BoxError> {
+    let target = Target::open(common).await?;
+    match command {
+        SessionCommand::List { email, json } => {
+            let user = target.user_by_email(&email).await?;
+            let path = format!("users/{}/sessions", id_of(&user));
+            let sessions = ok(target.call(Method::GET, &path, None).await?)?.json();
+            if !json {
+                println!("{:<34} {:<12} {:<12} EXPIRES", "ID", "CREATED", "LAST USED");
+            }
+            for session in sessions["sessions"].as_array().into_iter().flatten() {
+                if json {
+                    println!("{session}");
+                } else {
+                    println!(
+                        "{:<34} {:<12} {:<12} {}",
+                        session["id"].as_str().unwrap_or_default(),
+                        session["createdAt"].to_string(),
+                        session["lastUsedAt"].to_string(),
+                        session["expiresAt"]
+                    );
+                }
+            }
+        }
+        SessionCommand::Revoke { id: Some(id), .. } => {
+            ok(target
+                .call(Method::DELETE, &format!("sessions/{id}"), None)
+                .await?)?;
+            println!("revoked session {id}");
+        }
+        SessionCommand::Revoke {
+            email: Some(email), ..
+        } => {
+            let user = target.user_by_email(&email).await?;
+            let path = format!("users/{}/sessions", id_of(&user));
+            ok(target.call(Method::DELETE, &path, None).await?)?;
+            println!(
+                "revoked every session of <{}>",
+                user["email"].as_str().unwrap_or_default()
+            );
+        }
+        SessionCommand::Revoke { .. } => return Err("give --id or --email".into()),
+    }
+    Ok(())
+}
+
+/// `backup --out FILE`: the server (or this process) writes the copy.
+pub async fn backup(common: &CommonArgs, out: &Path) -> Result<(), BoxError> {
+    let out = std::path::absolute(out)?;
+    let target = Target::open(common).await?;
+    let progress = std::io::stderr().is_terminal();
+    if progress {
+        eprintln!("copying {} …", common.data.display());
+    }
+    let body = json!({ "path": out.display().to_string() });
+    ok(target.call(Method::POST, "backup", Some(body)).await?)?;
+    println!("wrote a backup to {}", out.display());
+    Ok(())
+}
+
+/// Reads a new password: prompted twice (without echo) on a terminal,
+/// otherwise one line from stdin without its line ending.
+fn read_new_password() -> Result<Password, BoxError> {
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Password: ")?;
+        let second = rpassword::prompt_password("Repeat password: ")?;
+        if first != second {
+            return Err("the passwords do not match".into());
+        }
+        first
+    } else {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        let line = line.strip_suffix('\n').unwrap_or(&line);
+        line.strip_suffix('\r').unwrap_or(line).to_string()
+    };
+    crate::credentials::check_new_password(&password)?;
+    Ok(Password::new(password))
+}
