@@ -5,6 +5,7 @@ mod accounts;
 mod api;
 mod bench;
 mod cli;
+mod cli_accounts;
 mod common;
 mod concurrency;
 mod durability;
