@@ -107,8 +107,14 @@ impl AdminSocket {
                     let path = request.uri().path().to_string();
                     let answer = match path.strip_prefix("/admin/") {
                         Some(rest) => {
-                            serve_admin(app.auth.accounts(), request, rest, app.config.body_timeout)
-                                .await
+                            serve_admin(
+                                app.auth.accounts(),
+                                crate::http::admin::Channel::Local,
+                                request,
+                                rest,
+                                app.config.body_timeout,
+                            )
+                            .await
                         }
                         None => Err(HttpError::NotFound),
                     };

@@ -102,9 +102,10 @@ impl Target {
                     Some((path, query)) => (path, Some(query)),
                     None => (path, None),
                 };
-                let response = admin::route(accounts, &method, path, query, bytes)
-                    .await
-                    .unwrap_or_else(|error| error_response(&error));
+                let response =
+                    admin::route(accounts, admin::Channel::Local, &method, path, query, bytes)
+                        .await
+                        .unwrap_or_else(|error| error_response(&error));
                 let status = response.status().as_u16();
                 let body = response.into_body().collect().await?.to_bytes();
                 Ok(Answer { status, body })

@@ -66,7 +66,7 @@ fn session_id(text: &str) -> Result<SessionId, Error> {
     SessionId::from_hex(text).ok_or(Error::SessionNotFound)
 }
 
-/// The route template of an admin path, for `Allow` and logs.
+/// The methods an admin path takes (for `Allow`); `None` for no such path.
 fn allowed(path: &[&str]) -> Option<&'static str> {
     Some(match path {
         ["users"] => "GET, POST",
@@ -80,9 +80,30 @@ fn allowed(path: &[&str]) -> Option<&'static str> {
     })
 }
 
+/// Who asks: backup writes a file on the server's machine, so only a caller
+/// on that machine (the admin socket, or the command line itself) may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    Tcp,
+    Local,
+}
+
+/// Checks the path and method before a body is read: 404 for no such
+/// path, 405 for a method it does not take.
+pub fn check_route(method: &Method, path: &str) -> Result<(), HttpError> {
+    let parts: Vec<&str> = path.split('/').collect();
+    let allow = allowed(&parts).ok_or(HttpError::NotFound)?;
+    if allow.split(", ").any(|m| m == method.as_str()) {
+        Ok(())
+    } else {
+        Err(HttpError::MethodNotAllowed { allow })
+    }
+}
+
 /// Serves one admin request; `path` is what follows `/admin/`.
 pub async fn route(
     accounts: &Accounts,
+    channel: Channel,
     method: &Method,
     path: &str,
     query: Option<&str>,
@@ -123,7 +144,7 @@ pub async fn route(
             accounts.revoke_session(session_id(sid)?).await?;
             empty_response(StatusCode::NO_CONTENT)
         }
-        (&Method::POST, ["backup"]) => {
+        (&Method::POST, ["backup"]) if channel == Channel::Local => {
             let object = json_object(&body)?;
             let target = required_str(&object, "path")?;
             let target = std::path::PathBuf::from(target);
@@ -146,6 +167,9 @@ pub async fn route(
 async fn list_users(accounts: &Accounts, query: Option<&str>) -> Result<HttpResponse, HttpError> {
     let (mut limit, mut after, mut email) = (100usize, None, None);
     for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        if value.is_empty() {
+            continue; // `?after=` is no `after`
+        }
         match key.as_ref() {
             "limit" => {
                 limit = value

@@ -115,12 +115,20 @@ async fn admin_over_tcp(
             return Err(crate::error::Error::Forbidden.into());
         }
     }
-    serve_admin(app.auth.accounts(), request, rest, config.body_timeout).await
+    serve_admin(
+        app.auth.accounts(),
+        admin::Channel::Tcp,
+        request,
+        rest,
+        config.body_timeout,
+    )
+    .await
 }
 
 /// Runs an authorised admin request (TCP or the admin socket).
 pub async fn serve_admin<B>(
     accounts: &crate::accounts::Accounts,
+    channel: admin::Channel,
     request: Request<B>,
     rest: &str,
     body_timeout: Duration,
@@ -130,13 +138,14 @@ where
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let method = request.method().clone();
+    admin::check_route(&method, rest)?;
     let query = request.uri().query().map(str::to_string);
     let body = if matches!(method, Method::POST | Method::PATCH) {
         read_json_body_limited(request, body_timeout, MAX_ADMIN_BODY_BYTES).await?
     } else {
         Bytes::new()
     };
-    admin::route(accounts, &method, rest, query.as_deref(), body).await
+    admin::route(accounts, channel, &method, rest, query.as_deref(), body).await
 }
 
 /// The OpenAPI 3 description of this API, for clients and API fuzzers.

@@ -190,7 +190,7 @@ async fn transport_errors_have_json_bodies() {
         .send(Method::POST, "/auth/profile", &json_headers, "{}")
         .await;
     wrong_method.assert_error(405, "method_not_allowed");
-    assert_eq!(wrong_method.headers["allow"], "GET");
+    assert_eq!(wrong_method.headers["allow"], "GET, PATCH");
 
     let health = client.healthz().await;
     assert_eq!(health.status, StatusCode::OK);
