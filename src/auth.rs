@@ -20,7 +20,7 @@ use crate::store::{
     GlobalLogout, LogoutScope, NewUser, RefreshOutcome, RevokeSessions, Store, User, UserChange,
     UserUpdate,
 };
-use crate::throttle::{SignupLimit, Throttle};
+use crate::throttle::{SignupLimit, Throttle, ThrottlePolicy};
 use crate::tokens::{Profile, TokenKeys, TokenType};
 
 /// What login and refresh answer.
@@ -119,9 +119,16 @@ impl Auth {
     ) -> Self {
         let passwords = Arc::new(passwords);
         let accounts = Accounts::new(Arc::clone(&store), Arc::clone(&passwords), clock.clone());
+        let bounds = throttle
+            .as_ref()
+            .map_or_else(ThrottlePolicy::default, |t| *t.policy());
         let registration = policy.registration.map(|registration| {
-            // Bounded like the login throttle's address table.
-            let limit = SignupLimit::new(registration.per_address_per_hour, 100_000, 64);
+            // Bounded, and IPv6 grouped, like the login throttle's address table.
+            let limit = SignupLimit::new(
+                registration.per_address_per_hour,
+                bounds.capacity,
+                bounds.ipv6_prefix,
+            );
             (registration, limit)
         });
         Auth {

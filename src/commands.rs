@@ -194,6 +194,10 @@ pub async fn user_command(common: &CommonArgs, command: UserCommand) -> Result<(
         UserCommand::Export => {
             let answer = ok(target.call(Method::GET, "users/export", None).await?)?;
             std::io::stdout().write_all(&answer.body)?;
+            if std::io::stderr().is_terminal() {
+                let users = answer.body.iter().filter(|&&b| b == b'\n').count();
+                eprintln!("exported {users} users");
+            }
         }
     }
     Ok(())

@@ -350,6 +350,10 @@ impl Throttle {
         }
     }
 
+    pub fn policy(&self) -> &ThrottlePolicy {
+        &self.policy
+    }
+
     /// Shares the test hooks of the app (test builds only).
     #[cfg(feature = "test-hooks")]
     pub fn with_hooks(mut self, hooks: Arc<crate::test_hooks::TestHooks>) -> Self {
