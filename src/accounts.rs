@@ -23,16 +23,18 @@ pub const MAX_PAGE: usize = 1000;
 
 /// A name as stored: trimmed, not empty, at most [`MAX_NAME_CHARS`].
 pub fn check_name(name: &str) -> Result<String, Error> {
+    // Checked before trimming: trim() would take a trailing tab or
+    // vertical tab away unseen.
+    if name.chars().any(char::is_control) {
+        return Err(Error::InvalidRequest(
+            "name must not contain control characters".into(),
+        ));
+    }
     let name = name.trim();
     if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
         return Err(Error::InvalidRequest(format!(
             "name must have 1 to {MAX_NAME_CHARS} characters"
         )));
-    }
-    if name.chars().any(char::is_control) {
-        return Err(Error::InvalidRequest(
-            "name must not contain control characters".into(),
-        ));
     }
     Ok(name.to_string())
 }
@@ -128,6 +130,21 @@ impl Accounts {
         &self.store
     }
 
+    /// Hashes a password for an administrator: when the pool is full (a
+    /// login flood), waits for room (up to a minute) instead of failing, so
+    /// an import through the server answers as one without a server does.
+    async fn hash(&self, password: Password) -> Result<String, Error> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            match self.passwords.hash(password.clone()).await {
+                Err(Error::Overloaded) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Checks an account's fields and turns it into what the store keeps.
     async fn prepare(&self, account: NewAccount) -> Result<NewUser, Error> {
         let email = check_email(&account.email)?;
@@ -135,7 +152,7 @@ impl Accounts {
         let password_hash = match account.credential {
             Credential::Password(password) => {
                 check_password(&password)?;
-                self.passwords.hash(password).await?
+                self.hash(password).await?
             }
             Credential::Hash(hash) if is_supported_hash(&hash) => hash,
             Credential::Hash(_) => {
@@ -215,7 +232,7 @@ impl Accounts {
         let password_hash = match change.password {
             Some(password) => {
                 check_password(&password)?;
-                Some(self.passwords.hash(password).await?)
+                Some(self.hash(password).await?)
             }
             None => None,
         };

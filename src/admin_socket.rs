@@ -34,11 +34,19 @@ impl Drop for AdminSocket {
 
 impl AdminSocket {
     /// Binds `path` (mode 0600): refuses when a server answers on it,
-    /// replaces a stale socket file. `Ok(None)` (with a warning) when the
-    /// socket cannot be created, say on a read-only data folder: the server
-    /// runs without it.
-    pub async fn bind(path: &Path) -> Result<Option<AdminSocket>, ConfigError> {
-        if path.exists() {
+    /// replaces a stale socket file (never another kind of file). When the
+    /// default socket cannot be created, say on a read-only data folder,
+    /// `Ok(None)` with a warning: the server runs without it. One given with
+    /// `--admin-socket` (`explicit`) must open.
+    pub async fn bind(path: &Path, explicit: bool) -> Result<Option<AdminSocket>, ConfigError> {
+        if let Ok(metadata) = std::fs::symlink_metadata(path) {
+            use std::os::unix::fs::FileTypeExt;
+            if !metadata.file_type().is_socket() {
+                return Err(ConfigError(format!(
+                    "{} exists and is not a socket; give another --admin-socket",
+                    path.display()
+                )));
+            }
             if UnixStream::connect(path).await.is_ok() {
                 return Err(ConfigError(format!(
                     "another latchkey server is running on this data: its admin socket {} answers. \
@@ -56,6 +64,12 @@ impl AdminSocket {
         }
         let listener = match UnixListener::bind(path) {
             Ok(listener) => listener,
+            Err(e) if explicit => {
+                return Err(ConfigError(format!(
+                    "cannot open the admin socket {}: {e}",
+                    path.display()
+                )))
+            }
             Err(e) => {
                 tracing::warn!(
                     path = %path.display(),

@@ -17,8 +17,8 @@ use crate::error::Error;
 use crate::passwords::{Password, Passwords};
 use crate::session::{Millis, RefreshDecision, RotationPolicy, Session, SessionId, TokenId};
 use crate::store::{
-    GlobalLogout, LogoutScope, NewUser, RefreshOutcome, RevokeSessions, Store, User, UserChange,
-    UserUpdate,
+    GlobalLogout, LogoutScope, NewSession, NewUser, RefreshOutcome, RevokeSessions, Store, User,
+    UserChange, UserUpdate,
 };
 use crate::throttle::{SignupLimit, Throttle, ThrottlePolicy};
 use crate::tokens::{Profile, TokenKeys, TokenType};
@@ -41,6 +41,9 @@ pub struct LoginAttempt {
     /// Where the attempt comes from, for per-address throttling.
     pub client_address: Option<std::net::IpAddr>,
 }
+
+/// Email changes a user may make in an hour.
+const EMAIL_CHANGES_PER_HOUR: u32 = 10;
 
 /// Settings of the use cases, beside the lifetimes.
 #[derive(Debug, Clone)]
@@ -93,6 +96,9 @@ pub struct Auth {
     type_roles: TypeRoles,
     max_sessions_per_user: usize,
     registration: Option<(Registration, SignupLimit)>,
+    /// Email changes per user per hour: each answers whether an email is
+    /// taken, so they are limited like sign-ups.
+    email_changes: SignupLimit,
     /// `None` when throttling is turned off.
     throttle: Option<Throttle>,
     clock: Clock,
@@ -131,10 +137,12 @@ impl Auth {
             );
             (registration, limit)
         });
+        let email_changes = SignupLimit::new(EMAIL_CHANGES_PER_HOUR, bounds.capacity, 64);
         Auth {
             store,
             keys,
             passwords,
+            email_changes,
             lifetimes: policy.lifetimes,
             type_roles: policy.type_roles,
             max_sessions_per_user: policy.max_sessions_per_user,
@@ -239,6 +247,13 @@ impl Auth {
     ) -> Result<Profile, Error> {
         if change.name.is_none() && change.email.is_none() {
             return Err(Error::InvalidRequest("give name, email or both".into()));
+        }
+        if change.email.is_some() {
+            self.email_changes
+                .take_for_user(caller.user_id, std::time::Instant::now())
+                .map_err(|blocked| Error::RateLimited {
+                    retry_after_secs: blocked.retry_after.as_secs_f64().ceil().max(1.0) as u64,
+                })?;
         }
         let change = UserChange {
             email: change.email.as_deref().map(check_email).transpose()?,
@@ -355,7 +370,27 @@ impl Auth {
         if allowed_roles.is_some_and(|roles| !roles.contains(&user.role_id)) {
             return Err(Error::RoleNotAllowed);
         }
-        self.start_session(&user).await
+        match self.start_session(&user).await {
+            // The hash changed while the password was being checked: a
+            // re-hash to new parameters (the password still matches) or a
+            // new password (it does not). Checked once more, untimed.
+            Err(Error::InvalidCredentials) => {
+                let current = self
+                    .store
+                    .user(user.id)
+                    .await?
+                    .ok_or(Error::InvalidCredentials)?;
+                let verification = self
+                    .passwords
+                    .verify(attempt.password, Some(&current.password_hash))
+                    .await?;
+                if !verification.matches {
+                    return Err(Error::InvalidCredentials);
+                }
+                self.start_session(&current).await
+            }
+            other => other,
+        }
     }
 
     /// The user whose password this is, under the throttle: a throttled
@@ -415,10 +450,28 @@ impl Auth {
             self.lifetimes.refresh_ttl,
             TokenId::generate(),
         );
-        let capped = self
+        let created = self
             .store
-            .create_session(session_id, &session, self.max_sessions_per_user)
+            .create_session(
+                session_id,
+                &session,
+                self.max_sessions_per_user,
+                &user.password_hash,
+            )
             .await?;
+        let capped = match created {
+            NewSession::Created { capped } => capped,
+            // Disabled, removed or given a new password while this login's
+            // password was being checked: that change wins.
+            NewSession::UserChanged => {
+                return Err(match self.store.user(user.id).await? {
+                    Some(now) if now.disabled && now.password_hash == user.password_hash => {
+                        Error::UserDisabled
+                    }
+                    _ => Error::InvalidCredentials,
+                })
+            }
+        };
         if capped > 0 {
             tracing::info!(
                 user_id = user.id,

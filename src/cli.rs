@@ -67,6 +67,11 @@ pub struct CommonArgs {
     )]
     pub min_free_mb: u64,
 
+    /// The admin Unix socket that `serve` opens and the `user`, `session`
+    /// and `backup` commands use (default: beside the database, `<name>.sock`).
+    #[arg(long, global = true, env = "LATCHKEY_ADMIN_SOCKET")]
+    pub admin_socket: Option<PathBuf>,
+
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `latchkey=debug`.
     #[arg(long, global = true, env = "LATCHKEY_LOG", default_value = "info")]
     pub log: String,
@@ -330,14 +335,6 @@ pub struct ServeArgs {
     /// repeatable or comma-separated.
     #[arg(long, env = "LATCHKEY_ADMIN_ROLE", value_delimiter = ',')]
     pub admin_role: Vec<i64>,
-
-    /// The admin Unix socket (default: beside the database, `<name>.sock`).
-    #[arg(
-        long,
-        env = "LATCHKEY_ADMIN_SOCKET",
-        conflicts_with = "no_admin_socket"
-    )]
-    pub admin_socket: Option<PathBuf>,
 
     /// Do not open the admin Unix socket.
     #[arg(long, env = "LATCHKEY_NO_ADMIN_SOCKET")]

@@ -59,8 +59,9 @@ impl Answer {
 
 impl Target {
     async fn open(common: &CommonArgs) -> Result<Target, BoxError> {
-        let socket = config::default_admin_socket(&common.data);
-        if UnixStream::connect(&socket).await.is_ok() {
+        let socket = config::admin_socket(common);
+        if let Ok(stream) = UnixStream::connect(&socket).await {
+            check_server_user(&stream)?;
             return Ok(Target::Socket(socket));
         }
         let (store, _) = RedbStore::open_at(&config::store_location(common)).await?;
@@ -83,6 +84,7 @@ impl Target {
         match self {
             Target::Socket(socket) => {
                 let stream = UnixStream::connect(socket).await?;
+                check_server_user(&stream)?;
                 let (mut sender, connection) =
                     hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
                 tokio::spawn(connection);
@@ -98,6 +100,12 @@ impl Target {
                 Ok(Answer { status, body })
             }
             Target::Local(accounts) => {
+                // The same limit as on the socket, so both answer alike.
+                if bytes.len() > crate::http::MAX_ADMIN_BODY_BYTES {
+                    let response = error_response(&crate::http::HttpError::PayloadTooLarge);
+                    let body = response.into_body().collect().await?.to_bytes();
+                    return Ok(Answer { status: 413, body });
+                }
                 let (path, query) = match path.split_once('?') {
                     Some((path, query)) => (path, Some(query)),
                     None => (path, None),
@@ -125,6 +133,20 @@ impl Target {
             Some(user) => Ok(user.clone()),
             None => Err(format!("no user with email {}", email.trim().to_lowercase()).into()),
         }
+    }
+}
+
+/// Refuses a socket served by another user (passwords and imports go
+/// through it): the server must run as this user, or as root.
+fn check_server_user(stream: &UnixStream) -> Result<(), BoxError> {
+    let own = rustix::process::geteuid().as_raw();
+    match stream.peer_cred().map(|c| c.uid()) {
+        Ok(uid) if uid == own || uid == 0 => Ok(()),
+        Ok(uid) => Err(format!(
+            "the admin socket is served by user {uid}, not by this user; refusing to use it"
+        )
+        .into()),
+        Err(e) => Err(format!("cannot check who serves the admin socket: {e}").into()),
     }
 }
 

@@ -185,10 +185,13 @@ impl TypeRoles {
     }
 }
 
-/// The admin socket beside the database: `data/latchkey.sock` for
-/// `data/latchkey.redb`.
-pub fn default_admin_socket(data: &std::path::Path) -> PathBuf {
-    data.with_extension("sock")
+/// The admin socket: `--admin-socket`, else beside the database
+/// (`data/latchkey.sock` for `data/latchkey.redb`).
+pub fn admin_socket(common: &CommonArgs) -> PathBuf {
+    common
+        .admin_socket
+        .clone()
+        .unwrap_or_else(|| common.data.with_extension("sock"))
 }
 
 /// Where the database is, from the flags every command shares.
@@ -242,6 +245,8 @@ pub struct ServeConfig {
     pub admin_roles: Vec<i64>,
     /// The admin Unix socket; `None` with `--no-admin-socket`.
     pub admin_socket: Option<PathBuf>,
+    /// Whether `--admin-socket` was given (then failing to open it stops the start).
+    pub admin_socket_explicit: bool,
     pub header_timeout: Duration,
     pub body_timeout: Duration,
 }
@@ -296,6 +301,11 @@ impl ServeConfig {
             max_sessions_per_user: usize::try_from(args.max_sessions_per_user)
                 .unwrap_or(usize::MAX),
             registration: match args.registration {
+                crate::cli::RegistrationMode::Open if args.registration_limit == 0 => {
+                    return err(
+                        "--registration-limit must be at least 1 (or keep --registration closed)",
+                    )
+                }
                 crate::cli::RegistrationMode::Closed => None,
                 crate::cli::RegistrationMode::Open => Some(crate::auth::Registration {
                     role_id: args.registration_role,
@@ -317,12 +327,9 @@ impl ServeConfig {
             admin_socket: if args.no_admin_socket {
                 None
             } else {
-                Some(
-                    args.admin_socket
-                        .clone()
-                        .unwrap_or_else(|| default_admin_socket(&common.data)),
-                )
+                Some(admin_socket(common))
             },
+            admin_socket_explicit: common.admin_socket.is_some(),
             header_timeout,
             body_timeout,
         })

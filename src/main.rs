@@ -66,7 +66,7 @@ async fn serve(common: &CommonArgs, args: &ServeArgs) -> Result<(), BoxError> {
         .await
         .map_err(|e| format!("cannot listen on {address}: {e}"))?;
     let admin_socket = match &config.admin_socket {
-        Some(path) => AdminSocket::bind(path).await?,
+        Some(path) => AdminSocket::bind(path, config.admin_socket_explicit).await?,
         None => None,
     };
     let app: Arc<App> = App::start(config).await?;

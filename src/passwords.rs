@@ -345,17 +345,32 @@ pub fn is_bcrypt_hash(hash: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'/')
 }
 
-/// Whether `hash` is a stored password hash latchkey can verify: an argon2
-/// PHC string or a bcrypt hash.
+/// The costliest imported hashes accepted: a login checks an unknown
+/// account's hash on the shared pool, so a hash of absurd cost would tie a
+/// worker up (or allocate gigabytes) for anyone who tries that email.
+const MAX_IMPORTED_BCRYPT_COST: u32 = 16;
+const MAX_IMPORTED_ARGON2_KIB: u32 = 256 * 1024;
+const MAX_IMPORTED_ARGON2_ITERATIONS: u32 = 16;
+const MAX_IMPORTED_ARGON2_LANES: u32 = 16;
+
+/// Whether `hash` is a stored password hash latchkey can verify at a
+/// reasonable cost: an argon2 PHC string or a bcrypt hash.
 pub fn is_supported_hash(hash: &str) -> bool {
     if is_bcrypt_hash(hash) {
-        return true;
+        return hash[4..6]
+            .parse::<u32>()
+            .is_ok_and(|cost| (4..=MAX_IMPORTED_BCRYPT_COST).contains(&cost));
     }
     let Ok(phc) = PasswordHash::new(hash) else {
         return false;
     };
+    let Ok(params) = Params::try_from(&phc) else {
+        return false;
+    };
     Algorithm::new(phc.algorithm.as_str()).is_ok()
-        && Params::try_from(&phc).is_ok()
+        && params.m_cost() <= MAX_IMPORTED_ARGON2_KIB
+        && params.t_cost() <= MAX_IMPORTED_ARGON2_ITERATIONS
+        && params.p_cost() <= MAX_IMPORTED_ARGON2_LANES
         && phc.salt.is_some()
         && phc.hash.is_some()
 }
@@ -528,6 +543,8 @@ mod tests {
         );
         assert!(!verify_with(&params, b"wrong", &hash, &mut buffer).matches);
         assert!(!is_supported_hash("$2b$04$tooshort"));
+        let costly = format!("$2b$31${}", &hash[7..]);
+        assert!(!is_supported_hash(&costly), "cost 31 is refused");
         assert!(!is_supported_hash("plain text"));
         assert!(is_supported_hash(
             &hash_with(&params, b"pw", &mut buffer).unwrap()

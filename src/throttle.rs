@@ -858,7 +858,16 @@ impl SignupLimit {
 
     /// Counts one sign-up from `address` at `now`, or says how long to wait.
     pub fn take(&self, address: IpAddr, now: Instant) -> Result<(), Blocked> {
-        let key = address_key(address, self.ipv6_prefix);
+        self.take_key(address_key(address, self.ipv6_prefix), now)
+    }
+
+    /// Counts one attempt by user `id` (a limiter of its own: the keys
+    /// are not addresses).
+    pub fn take_for_user(&self, id: u64, now: Instant) -> Result<(), Blocked> {
+        self.take_key(u128::from(id), now)
+    }
+
+    fn take_key(&self, key: Key, now: Instant) -> Result<(), Blocked> {
         let mut windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
         let (start, count) = match windows.by_address.get(&key).copied() {
             Some((start, count)) if now.saturating_duration_since(start) < SIGNUP_WINDOW => {

@@ -67,15 +67,19 @@ fn session_id(text: &str) -> Result<SessionId, Error> {
 }
 
 /// The methods an admin path takes (for `Allow`); `None` for no such path.
-fn allowed(path: &[&str]) -> Option<&'static str> {
+/// Import, export and backup exist only on this machine (the admin socket,
+/// the command line): they move password hashes and write files.
+fn allowed(channel: Channel, path: &[&str]) -> Option<&'static str> {
+    let local = channel == Channel::Local;
     Some(match path {
         ["users"] => "GET, POST",
-        ["users", "import"] => "POST",
-        ["users", "export"] => "GET",
+        ["users", "import"] if local => "POST",
+        ["users", "export"] if local => "GET",
+        ["users", "import" | "export"] => return None,
         ["users", _] => "GET, PATCH, DELETE",
         ["users", _, "sessions"] => "GET, DELETE",
         ["sessions", _] => "DELETE",
-        ["backup"] => "POST",
+        ["backup"] if local => "POST",
         _ => return None,
     })
 }
@@ -90,9 +94,9 @@ pub enum Channel {
 
 /// Checks the path and method before a body is read: 404 for no such
 /// path, 405 for a method it does not take.
-pub fn check_route(method: &Method, path: &str) -> Result<(), HttpError> {
+pub fn check_route(channel: Channel, method: &Method, path: &str) -> Result<(), HttpError> {
     let parts: Vec<&str> = path.split('/').collect();
-    let allow = allowed(&parts).ok_or(HttpError::NotFound)?;
+    let allow = allowed(channel, &parts).ok_or(HttpError::NotFound)?;
     if allow.split(", ").any(|m| m == method.as_str()) {
         Ok(())
     } else {
@@ -109,6 +113,7 @@ pub async fn route(
     query: Option<&str>,
     body: Bytes,
 ) -> Result<HttpResponse, HttpError> {
+    check_route(channel, method, path)?;
     let parts: Vec<&str> = path.split('/').collect();
     let answer = match (method, parts.as_slice()) {
         (&Method::GET, ["users"]) => list_users(accounts, query).await?,
@@ -116,8 +121,12 @@ pub async fn route(
             let user = accounts.create(new_account(&json_object(&body)?)?).await?;
             json_response(StatusCode::CREATED, &json!({ "user": user_json(&user) }))
         }
-        (&Method::POST, ["users", "import"]) => import(accounts, &body).await?,
-        (&Method::GET, ["users", "export"]) => export(accounts).await?,
+        (&Method::POST, ["users", "import"]) if channel == Channel::Local => {
+            import(accounts, &body).await?
+        }
+        (&Method::GET, ["users", "export"]) if channel == Channel::Local => {
+            export(accounts).await?
+        }
         (&Method::GET, ["users", id]) => {
             let user = accounts.get(user_id(id)?).await?;
             json_response(StatusCode::OK, &json!({ "user": user_json(&user) }))
@@ -154,12 +163,7 @@ pub async fn route(
             accounts.backup(&target).await?;
             empty_response(StatusCode::NO_CONTENT)
         }
-        (_, parts) => {
-            return Err(match allowed(parts) {
-                Some(allow) => HttpError::MethodNotAllowed { allow },
-                None => HttpError::NotFound,
-            })
-        }
+        _ => return Err(HttpError::NotFound),
     };
     Ok(answer)
 }
@@ -167,10 +171,15 @@ pub async fn route(
 async fn list_users(accounts: &Accounts, query: Option<&str>) -> Result<HttpResponse, HttpError> {
     let (mut limit, mut after, mut email) = (100usize, None, None);
     for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-        if value.is_empty() {
+        if value.is_empty() && key != "limit" {
             continue; // `?after=` is no `after`
         }
         match key.as_ref() {
+            "limit" if value.is_empty() => {
+                return Err(
+                    Error::InvalidRequest("limit must be an integer from 1 to 1000".into()).into(),
+                )
+            }
             "limit" => {
                 limit = value
                     .parse()

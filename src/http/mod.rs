@@ -27,7 +27,7 @@ pub use error::{error_response, HttpError};
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
-/// Largest body of an authorised admin request (an import).
+/// Largest body of an admin request on the admin socket (an import).
 pub const MAX_ADMIN_BODY_BYTES: usize = 64 * 1024 * 1024;
 
 pub type HttpResponse = Response<Full<Bytes>>;
@@ -110,9 +110,24 @@ async fn admin_over_tcp(
         .as_ref()
         .is_some_and(|key| subtle::ConstantTimeEq::ct_eq(key.bytes(), token.as_bytes()).into());
     if !is_admin_key {
-        let caller = app.auth.authenticate(token).await?;
-        if !config.admin_roles.contains(&caller.profile.role_id) {
-            return Err(crate::error::Error::Forbidden.into());
+        use crate::error::Error;
+        let caller = match app.auth.authenticate(token).await {
+            Ok(caller) => caller,
+            Err(unavailable @ Error::Unavailable(_)) => return Err(unavailable.into()),
+            Err(_) => {
+                return Err(Error::InvalidToken("not the admin key or a live access token").into())
+            }
+        };
+        // The role as it is now, not as the token says: a demoted or
+        // disabled administrator loses access at once.
+        let user = app
+            .auth
+            .store()
+            .user(caller.user_id)
+            .await
+            .map_err(Error::from)?;
+        if !user.is_some_and(|u| !u.disabled && config.admin_roles.contains(&u.role_id)) {
+            return Err(Error::Forbidden.into());
         }
     }
     serve_admin(
@@ -138,10 +153,14 @@ where
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let method = request.method().clone();
-    admin::check_route(&method, rest)?;
+    admin::check_route(channel, &method, rest)?;
     let query = request.uri().query().map(str::to_string);
+    let limit = match channel {
+        admin::Channel::Local => MAX_ADMIN_BODY_BYTES,
+        admin::Channel::Tcp => MAX_BODY_BYTES,
+    };
     let body = if matches!(method, Method::POST | Method::PATCH) {
-        read_json_body_limited(request, body_timeout, MAX_ADMIN_BODY_BYTES).await?
+        read_json_body_limited(request, body_timeout, limit).await?
     } else {
         Bytes::new()
     };

@@ -74,6 +74,15 @@ impl NewUser {
     }
 }
 
+/// The result of [`Store::create_session`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NewSession {
+    /// Stored; the cap revoked this many older live sessions.
+    Created { capped: usize },
+    /// The user changed since the password was checked: no session.
+    UserChanged,
+}
+
 /// Which sessions a change to a user revokes, in the same transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RevokeSessions {
@@ -263,17 +272,21 @@ pub trait Store: Send + Sync + 'static {
         new_hash: &str,
     ) -> StoreResult<bool>;
 
-    /// Stores a new session. If its user would then have more than
-    /// `max_live` live sessions, the oldest live ones are revoked, and the
-    /// oldest ended ones are deleted so that at most `2 × max_live` are
-    /// kept, so everything done per user has a bounded cost. Returns how
-    /// many live sessions the cap revoked.
+    /// Stores a new session for a login whose password was checked against
+    /// `checked_hash`: only if, when the write is applied, the user still
+    /// exists, is not disabled and has that same hash (a password change,
+    /// a disable or a removal that committed while the password was being
+    /// checked wins). If the user would then have more than `max_live` live
+    /// sessions, the oldest live ones are revoked, and the oldest ended ones
+    /// are deleted so that at most `2 × max_live` are kept, so everything
+    /// done per user has a bounded cost.
     async fn create_session(
         &self,
         id: SessionId,
         session: &Session,
         max_live: usize,
-    ) -> StoreResult<usize>;
+        checked_hash: &str,
+    ) -> StoreResult<NewSession>;
     async fn session(&self, id: SessionId) -> StoreResult<Option<Session>>;
     /// Presents refresh token `presented` of user `user_id` to session `id`:
     /// one atomic, durable step (see the module doc). The decision reads

@@ -444,3 +444,91 @@ async fn administrators_manage_users_and_sessions() {
         .await
         .assert_error(401, "invalid_credentials");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demoted_administrator_loses_access_at_once_and_file_routes_stay_local() {
+    let server = admin_server().await;
+    let client = &server.client;
+    let ana = server.login("ana@example.com", None).await; // role 2: an admin role
+    assert_eq!(
+        with_bearer(client, Method::GET, "/admin/users", &ana.access, None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let id = claims(&ana.access)["sub"].as_str().unwrap().to_string();
+    let demoted = with_bearer(
+        client,
+        Method::PATCH,
+        &format!("/admin/users/{id}"),
+        ADMIN_KEY,
+        Some(json!({ "role_id": 1 })),
+    )
+    .await;
+    assert_eq!(demoted.status, StatusCode::OK);
+    // The same, still unexpired token no longer opens the admin API.
+    with_bearer(client, Method::GET, "/admin/users", &ana.access, None)
+        .await
+        .assert_error(403, "forbidden");
+    // Backup, import and export are not on the public port.
+    for (method, path) in [
+        (Method::POST, "/admin/backup"),
+        (Method::POST, "/admin/users/import"),
+        (Method::GET, "/admin/users/export"),
+    ] {
+        with_bearer(
+            client,
+            method,
+            path,
+            ADMIN_KEY,
+            Some(json!({ "path": "/tmp/x" })),
+        )
+        .await
+        .assert_error(404, "not_found");
+    }
+    // An expired or revoked token is invalid_token here.
+    assert_eq!(
+        client.logout(&ana.refresh, None).await.status,
+        StatusCode::NO_CONTENT
+    );
+    with_bearer(client, Method::GET, "/admin/users", &ana.access, None)
+        .await
+        .assert_error(401, "invalid_token");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_changes_are_limited_per_user() {
+    let server = TestServer::start().await;
+    let tokens = server.login("ana@example.com", None).await;
+    for n in 0..10 {
+        let change = json!({ "email": format!("ana{n}@example.com") });
+        let answer = with_bearer(
+            &server.client,
+            Method::PATCH,
+            "/auth/profile",
+            &tokens.access,
+            Some(change),
+        )
+        .await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
+    }
+    with_bearer(
+        &server.client,
+        Method::PATCH,
+        "/auth/profile",
+        &tokens.access,
+        Some(json!({ "email": "mo@example.com" })),
+    )
+    .await
+    .assert_error(429, "rate_limited");
+    // Names are not limited.
+    let name = with_bearer(
+        &server.client,
+        Method::PATCH,
+        "/auth/profile",
+        &tokens.access,
+        Some(json!({ "name": "Ana" })),
+    )
+    .await;
+    assert_eq!(name.status, StatusCode::OK);
+}

@@ -384,3 +384,37 @@ async fn a_backup_taken_under_load_serves_existing_sessions() {
         .access
         .is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_admin_socket_is_found_with_the_same_flag() {
+    let (_dir, data) = data_dir();
+    let socket = data.join("elsewhere.sock");
+    let socket = socket.to_str().unwrap();
+    let server = ServerProcess::start(&data, &["--secret", SECRET, "--admin-socket", socket]);
+    assert!(Path::new(socket).exists());
+    assert!(!data.join("latchkey.sock").exists());
+    let added = cli(
+        &data,
+        &[
+            "user",
+            "add",
+            "--email",
+            "m@example.com",
+            "--name",
+            "M",
+            "--role",
+            "1",
+            "--admin-socket",
+            socket,
+        ],
+        "m-password-1\n",
+    );
+    assert_ok(&added);
+    let login = login_status(&server.client, "m@example.com", "m-password-1").await;
+    assert_eq!(login.status, StatusCode::OK);
+    // Without the flag the command looks beside the database, finds no
+    // server there, and the file is held by the running one.
+    let missed = cli(&data, &["user", "list"], "");
+    assert_eq!(missed.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missed.stderr).contains("in use"));
+}

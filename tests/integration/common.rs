@@ -71,6 +71,7 @@ pub fn test_config(data: &Path) -> ServeConfig {
         admin_key: None,
         admin_roles: Vec::new(),
         admin_socket: None,
+        admin_socket_explicit: false,
         header_timeout: Duration::from_secs(10),
         body_timeout: Duration::from_secs(10),
     }

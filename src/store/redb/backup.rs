@@ -1,9 +1,10 @@
 //! `latchkey backup`: a consistent copy of the database as a database of
 //! its own. Everything is read from one read snapshot (the state of one
 //! commit), so the copy is consistent while the writer goes on; it is
-//! written to `<target>.partial` (mode 0600) in transactions of bounded size
-//! and renamed into place once complete, so a half-written copy never has
-//! the target's name.
+//! written to a file of its own beside the target (mode 0600) in
+//! transactions of bounded size and linked to the target's name once
+//! complete, so a half-written copy never has that name and no existing file
+//! is replaced.
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
@@ -22,21 +23,27 @@ use crate::store::{StoreError, StoreResult};
 const ENTRIES_PER_TRANSACTION: usize = 50_000;
 
 pub(super) fn copy_snapshot(snapshot: &ReadTransaction, target: &Path) -> StoreResult<()> {
+    let fail = |what: &str, e: std::io::Error| StoreError::Backend(format!("{what}: {e}"));
     if target.exists() {
         return Err(StoreError::Backend(format!(
             "{} exists already; give a new file",
             target.display()
         )));
     }
-    let partial = target.with_extension("partial");
-    let _ = std::fs::remove_file(&partial);
+    // A name of our own beside the target: nobody else's file is touched,
+    // and two backups to one target cannot mix their copies.
+    let mut nonce = [0u8; 8];
+    getrandom::fill(&mut nonce).map_err(|e| StoreError::Backend(e.to_string()))?;
+    let mut partial = target.as_os_str().to_owned();
+    partial.push(format!(".partial-{:016x}", u64::from_le_bytes(nonce)));
+    let partial = std::path::PathBuf::from(partial);
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(&partial)
-        .map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", partial.display())))?;
+        .map_err(|e| fail(&format!("cannot create {}", partial.display()), e))?;
     let copy = (|| {
         let db = Database::builder()
             .create_with_backend(redb::backends::FileBackend::new(file).map_err(backend)?)
@@ -50,14 +57,14 @@ pub(super) fn copy_snapshot(snapshot: &ReadTransaction, target: &Path) -> StoreR
         copy_table(snapshot, &db, META)?;
         Ok::<_, StoreError>(())
     })();
-    match copy {
-        Ok(()) => std::fs::rename(&partial, target)
-            .map_err(|e| StoreError::Backend(format!("cannot rename the copy: {e}"))),
-        Err(e) => {
-            let _ = std::fs::remove_file(&partial);
-            Err(e)
-        }
-    }
+    // Published with a hard link, which fails rather than replace a file
+    // that appeared at the target meanwhile.
+    let published = copy.and_then(|()| {
+        std::fs::hard_link(&partial, target)
+            .map_err(|e| fail(&format!("cannot create {}", target.display()), e))
+    });
+    let _ = std::fs::remove_file(&partial);
+    published
 }
 
 fn copy_table<K: Key + 'static, V: Value + 'static>(

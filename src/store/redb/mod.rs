@@ -48,8 +48,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::space::SpaceGuard;
 use super::{
-    GlobalLogout, Import, NewUser, RefreshOutcome, RevokeSessions, Store, StoreError, StoreResult,
-    User, UserChange, UserPage, UserUpdate,
+    GlobalLogout, Import, NewSession, NewUser, RefreshOutcome, RevokeSessions, Store, StoreError,
+    StoreResult, User, UserChange, UserPage, UserUpdate,
 };
 use crate::clock::Clock;
 use crate::session::{
@@ -688,10 +688,15 @@ impl Store for RedbStore {
         id: SessionId,
         session: &Session,
         max_live: usize,
-    ) -> StoreResult<usize> {
-        let session = session.clone();
+        checked_hash: &str,
+    ) -> StoreResult<NewSession> {
+        let (session, checked_hash) = (session.clone(), checked_hash.to_string());
         self.write(move |txn| {
-            let revoked = make_room_for_a_session(txn, &session, max_live)?;
+            let user = read_user_in_write(txn, session.user_id)?;
+            if !user.is_some_and(|u| !u.disabled && u.password_hash == checked_hash) {
+                return Ok(NewSession::UserChanged);
+            }
+            let capped = make_room_for_a_session(txn, &session, max_live)?;
             put_session(txn, id, &session)?;
             txn.open_table(USER_SESSIONS)
                 .map_err(backend)?
@@ -701,7 +706,7 @@ impl Store for RedbStore {
                 .map_err(backend)?
                 .insert((session.expires_at, id.0), ())
                 .map_err(backend)?;
-            Ok(revoked)
+            Ok(NewSession::Created { capped })
         })
         .await
     }
@@ -738,6 +743,11 @@ impl Store for RedbStore {
             else {
                 return Ok(RefreshOutcome::UnknownSession);
             };
+            // Disabling revokes every session; this holds even for one
+            // that slipped past it.
+            if user.disabled {
+                session.revoked = true;
+            }
             let decision = session.refresh(presented, clock.now_millis(), policy, fresh_jti);
             if decision.changes_session() {
                 put_session(txn, id, &session)?;
@@ -914,8 +924,12 @@ mod tests {
             let now = 1_700_000_000_000 + n;
             let id = SessionId::generate(now);
             let session = Session::start(user.id, now, 30 * day, 7 * day, TokenId::generate());
-            let revoked = store.create_session(id, &session, 3).await.unwrap();
-            assert_eq!(revoked, usize::from(n >= 3), "login {n}");
+            let created = store
+                .create_session(id, &session, 3, &user.password_hash)
+                .await
+                .unwrap();
+            let capped = usize::from(n >= 3);
+            assert_eq!(created, NewSession::Created { capped }, "login {n}");
             ids.push(id);
         }
         for (n, id) in ids.iter().enumerate() {
@@ -930,6 +944,74 @@ mod tests {
             .await
             .unwrap();
         assert!(kept.len() <= 6, "{} sessions kept", kept.len());
+    }
+
+    /// A login checks the password, then stores its session; a disable or
+    /// a new password that committed in between wins.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_session_is_not_stored_for_a_user_who_changed_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir.path().join("db.redb"), &Arc::default()).unwrap();
+        let user = store
+            .create_user(new_user("ana@example.com"))
+            .await
+            .unwrap()
+            .unwrap();
+        let day = std::time::Duration::from_secs(86_400);
+        let start = |n: u64| {
+            let session = Session::start(
+                user.id,
+                1_700_000_000_000 + n,
+                day,
+                day,
+                TokenId::generate(),
+            );
+            (SessionId::generate(1_700_000_000_000 + n), session)
+        };
+        let change = |disabled: Option<bool>, hash: Option<&str>| UserChange {
+            email: None,
+            name: None,
+            role_id: None,
+            password_hash: hash.map(str::to_string),
+            disabled,
+            revoke_sessions: RevokeSessions::All,
+        };
+        let (id, session) = start(1);
+        let created = store
+            .create_session(id, &session, 10, &user.password_hash)
+            .await;
+        assert_eq!(created.unwrap(), NewSession::Created { capped: 0 });
+        store
+            .update_user(user.id, change(Some(true), None))
+            .await
+            .unwrap();
+        let (id, session) = start(2);
+        let created = store
+            .create_session(id, &session, 10, &user.password_hash)
+            .await;
+        assert_eq!(
+            created.unwrap(),
+            NewSession::UserChanged,
+            "disabled meanwhile"
+        );
+        assert!(store.session(id).await.unwrap().is_none());
+        store
+            .update_user(user.id, change(Some(false), Some("$argon2id$new")))
+            .await
+            .unwrap();
+        let (id, session) = start(3);
+        let created = store
+            .create_session(id, &session, 10, &user.password_hash)
+            .await;
+        assert_eq!(
+            created.unwrap(),
+            NewSession::UserChanged,
+            "a new password meanwhile"
+        );
+        let created = store
+            .create_session(id, &session, 10, "$argon2id$new")
+            .await;
+        assert_eq!(created.unwrap(), NewSession::Created { capped: 0 });
     }
 
     #[test]
