@@ -23,6 +23,10 @@ pub struct App {
     pub config: ServeConfig,
     /// The free-space guard of the data file system.
     pub space: Arc<SpaceGuard>,
+    /// Set when a stop signal arrived: /readyz answers 503 from then on.
+    pub draining: std::sync::atomic::AtomicBool,
+    /// Request ids: a random prefix for this process and a counter.
+    request_ids: (u32, std::sync::atomic::AtomicU64),
     /// Fault injection for this app's store, hasher and throttle (test builds only).
     #[cfg(feature = "test-hooks")]
     pub hooks: Arc<crate::test_hooks::TestHooks>,
@@ -77,13 +81,30 @@ impl App {
                 }
             }
         }
+        let mut prefix = [0u8; 4];
+        getrandom::fill(&mut prefix).map_err(|e| format!("no randomness available: {e}"))?;
         Ok(Arc::new(App {
             auth,
             config,
             space,
+            draining: std::sync::atomic::AtomicBool::new(false),
+            request_ids: (
+                u32::from_le_bytes(prefix),
+                std::sync::atomic::AtomicU64::new(0),
+            ),
             #[cfg(feature = "test-hooks")]
             hooks,
         }))
+    }
+
+    /// A new request id, unique in this process and unlikely to repeat
+    /// across restarts.
+    pub fn next_request_id(&self) -> String {
+        let n = self
+            .request_ids
+            .1
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{:08x}{:08x}", self.request_ids.0, n)
     }
 
     /// Deletes expired sessions in bounded batches until none are left.

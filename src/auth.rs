@@ -432,7 +432,19 @@ impl Auth {
             }
             _ => {
                 if let Some(attempt) = attempt {
-                    attempt.failed();
+                    // A security event once per block, not per refused attempt.
+                    let (account, address) = attempt.failed();
+                    if let Some(block) = account {
+                        tracing::warn!(
+                            event = "login_throttled",
+                            key = "account",
+                            blocked_secs = block.as_secs(),
+                            "login throttled: an account's failure budget is spent"
+                        );
+                    }
+                    if let Some(block) = address {
+                        tracing::warn!(event = "login_throttled", key = "address", client = ?client_address, blocked_secs = block.as_secs(), "login throttled: a client address's failure budget is spent");
+                    }
                 }
                 Err(Error::InvalidCredentials)
             }
@@ -536,7 +548,7 @@ impl Auth {
                     self.token_pair(&user, verified.session_id, &session)
                 }
                 RefreshDecision::Reused => {
-                    tracing::warn!(user_id = user.id, session = ?verified.session_id, "refresh token reuse detected; session revoked");
+                    tracing::warn!(event = "token_reuse", user_id = user.id, session = ?verified.session_id, "refresh token reuse detected; session revoked");
                     Err(Error::TokenReused)
                 }
                 RefreshDecision::Revoked => Err(Error::SessionRevoked),

@@ -72,6 +72,10 @@ pub struct CommonArgs {
     #[arg(long, global = true, env = "LATCHKEY_ADMIN_SOCKET")]
     pub admin_socket: Option<PathBuf>,
 
+    /// Log lines as text (the default) or as one JSON object each.
+    #[arg(long, global = true, env = "LATCHKEY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `latchkey=debug`.
     #[arg(long, global = true, env = "LATCHKEY_LOG", default_value = "info")]
     pub log: String,
@@ -340,6 +344,12 @@ pub struct ServeArgs {
     #[arg(long, env = "LATCHKEY_NO_ADMIN_SOCKET")]
     pub no_admin_socket: bool,
 
+    /// After SIGTERM/SIGINT, how long to go on serving while /readyz
+    /// answers 503 `draining` (so a load balancer stops sending traffic
+    /// first), before the server stops accepting connections.
+    #[arg(long, env = "LATCHKEY_DRAIN_DELAY", default_value = "0s")]
+    pub drain_delay: String,
+
     /// How often expired sessions are removed from the database.
     #[arg(long, env = "LATCHKEY_SWEEP_INTERVAL", default_value = "1m")]
     pub sweep_interval: String,
@@ -347,6 +357,12 @@ pub struct ServeArgs {
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     #[arg(long, env = "LATCHKEY_SHUTDOWN_TIMEOUT", default_value = "10s")]
     pub shutdown_timeout: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

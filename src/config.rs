@@ -231,6 +231,8 @@ pub struct ServeConfig {
     pub seed_users: Vec<SeedUser>,
     pub sweep_interval: Duration,
     pub shutdown_timeout: Duration,
+    /// How long to serve on, answering /readyz 503, after a stop signal.
+    pub drain_delay: Duration,
     /// `None` turns login throttling off.
     pub throttle: Option<ThrottlePolicy>,
     pub trusted_proxies: Vec<Cidr>,
@@ -290,6 +292,7 @@ impl ServeConfig {
             seed_users: seed_users(args)?,
             sweep_interval,
             shutdown_timeout: parse_duration(&args.shutdown_timeout)?,
+            drain_delay: parse_duration(&args.drain_delay)?,
             throttle,
             trusted_proxies: args
                 .trusted_proxy

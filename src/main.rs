@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 
 use latchkey::admin_socket::AdminSocket;
 use latchkey::app::App;
-use latchkey::cli::{Cli, Command, CommonArgs, ServeArgs};
+use latchkey::cli::{Cli, Command, CommonArgs, LogFormat, ServeArgs};
 use latchkey::commands;
 use latchkey::config::ServeConfig;
 
@@ -18,7 +18,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.common.log);
+    init_logging(&cli.common.log, cli.common.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -49,13 +49,15 @@ fn fail(message: &str) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn init_logging(filter: &str) {
+fn init_logging(filter: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
 }
 
 async fn serve(common: &CommonArgs, args: &ServeArgs) -> Result<(), BoxError> {

@@ -205,6 +205,11 @@ pub async fn serve(
     let sweeper = tokio::spawn(Arc::clone(&app).run_sweeper(app.config.sweep_interval));
     let mut connector = Connector::new(Arc::clone(&app));
     tokio::pin!(shutdown);
+    // After the stop signal, serving goes on for the drain delay while
+    // /readyz answers 503, so a load balancer takes the instance out first.
+    let drained = tokio::time::sleep(Duration::MAX / 4);
+    tokio::pin!(drained);
+    let mut draining = false;
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -216,7 +221,17 @@ pub async fn serve(
                     continue;
                 }
             },
-            () = &mut shutdown => break,
+            () = &mut shutdown, if !draining => {
+                app.draining.store(true, std::sync::atomic::Ordering::Release);
+                if app.config.drain_delay.is_zero() {
+                    break;
+                }
+                tracing::info!(delay = ?app.config.drain_delay, "draining: /readyz answers 503");
+                draining = true;
+                drained.as_mut().reset(tokio::time::Instant::now() + app.config.drain_delay);
+                continue;
+            }
+            () = &mut drained => break,
         };
         connector.serve(stream, peer);
     }

@@ -179,7 +179,13 @@ impl Table {
         }
     }
 
-    fn record_failure(&mut self, key: Key, policy: &ThrottlePolicy, now: Instant) {
+    /// Counts a failure; returns the block it starts, if it starts one.
+    fn record_failure(
+        &mut self,
+        key: Key,
+        policy: &ThrottlePolicy,
+        now: Instant,
+    ) -> Option<Duration> {
         let failures = self
             .records
             .get(&key)
@@ -205,6 +211,7 @@ impl Table {
                 blocked_until,
             },
         );
+        (blocked_until > now).then(|| blocked_until - now)
     }
 
     fn order(&self, key: Key, record: &Record) -> EvictionOrder {
@@ -304,22 +311,26 @@ pub struct Attempt<'a> {
 
 impl Attempt<'_> {
     /// The password check failed: counts against both keys' budgets.
-    pub fn failed(self) {
+    /// Returns the blocks this failure starts (account, address).
+    pub fn failed(self) -> (Option<Duration>, Option<Duration>) {
         let throttle = self.throttle;
         let now = Instant::now();
         // Recorded before the running slot is given back, under the same
         // lock, so a waiting attempt never sees the slot without the failure.
-        {
+        let account = {
             let mut accounts = lock(&throttle.accounts);
-            accounts.record_failure(self.account, &throttle.policy, now);
+            let block = accounts.record_failure(self.account, &throttle.policy, now);
             accounts.end(self.account);
-        }
-        if let Some(address) = self.address {
+            block
+        };
+        let address = self.address.and_then(|address| {
             let mut addresses = lock(&throttle.addresses);
-            addresses.record_failure(address, &throttle.policy, now);
+            let block = addresses.record_failure(address, &throttle.policy, now);
             addresses.end(address);
-        }
+            block
+        });
         std::mem::forget(self);
+        (account, address)
     }
 
     /// The password was right: the account starts clean again.
@@ -467,10 +478,10 @@ impl Throttle {
     /// Records one failed check at `now` without a running attempt.
     fn fail_at(&self, email: &str, address: Option<IpAddr>, now: Instant) {
         let key = self.account_key(email);
-        lock(&self.accounts).record_failure(key, &self.policy, now);
+        let _ = lock(&self.accounts).record_failure(key, &self.policy, now);
         if let Some(address) = address {
             let key = self.address_key(address);
-            lock(&self.addresses).record_failure(key, &self.policy, now);
+            let _ = lock(&self.addresses).record_failure(key, &self.policy, now);
         }
     }
 }

@@ -114,6 +114,21 @@ pub async fn route(
     body: Bytes,
 ) -> Result<HttpResponse, HttpError> {
     check_route(channel, method, path)?;
+    let answer = dispatch(accounts, channel, method, path, query, body).await?;
+    if *method != Method::GET && answer.status().is_success() {
+        tracing::warn!(event = "admin_action", method = %method, path = %path, channel = ?channel, status = answer.status().as_u16(), "admin action");
+    }
+    Ok(answer)
+}
+
+async fn dispatch(
+    accounts: &Accounts,
+    channel: Channel,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    body: Bytes,
+) -> Result<HttpResponse, HttpError> {
     let parts: Vec<&str> = path.split('/').collect();
     let answer = match (method, parts.as_slice()) {
         (&Method::GET, ["users"]) => list_users(accounts, query).await?,

@@ -188,3 +188,34 @@ pub async fn revoke_own_session(
     app.auth.revoke_own_session(&caller, id).await?;
     Ok(empty_response(StatusCode::NO_CONTENT))
 }
+
+/// 200 `{"status":"ready"}` when the database is open and writable and the
+/// server is not draining; 503 `{"status":"draining"|"disk_full"|"failing"|"unavailable"}` otherwise.
+pub async fn readyz(app: &App) -> Result<HttpResponse, HttpError> {
+    let store = app.auth.store();
+    let reason = if app.draining.load(std::sync::atomic::Ordering::Acquire) {
+        Some("draining")
+    } else if store.ping().await.is_err() {
+        Some("unavailable")
+    } else if app.space.check().is_err() {
+        Some("disk_full")
+    } else if store.probe_writes().await.is_err() {
+        Some("failing")
+    } else {
+        None
+    };
+    Ok(match reason {
+        None => json_response(StatusCode::OK, &json!({ "status": "ready" })),
+        Some(reason) => {
+            let mut response = json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({ "status": reason }),
+            );
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                hyper::header::HeaderValue::from_static("1"),
+            );
+            response
+        }
+    })
+}

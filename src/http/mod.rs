@@ -34,8 +34,74 @@ pub type HttpResponse = Response<Full<Bytes>>;
 
 /// Routes one request from `peer`. Never fails: errors become JSON error responses.
 pub async fn handle(app: Arc<App>, request: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
+    let started = std::time::Instant::now();
+    let request_id = sane_request_id(request.headers()).unwrap_or_else(|| app.next_request_id());
+    let method = request.method().clone();
+    let route_name = route_template(request.uri().path());
+    let client =
+        client_address::client_address(peer, request.headers(), &app.config.trusted_proxies);
     let result = route(&app, request, peer).await;
-    result.unwrap_or_else(|error| error_response(&error))
+    let mut response = result.unwrap_or_else(|error| error_response(&error));
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    tracing::info!(
+        method = %method,
+        route = route_name,
+        status = response.status().as_u16(),
+        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        request_id = %request_id,
+        client = %client,
+        "request"
+    );
+    response
+}
+
+const REQUEST_ID: &str = "x-request-id";
+/// Longest request id echoed back; a longer or unprintable one is replaced.
+const MAX_REQUEST_ID: usize = 128;
+
+/// The client's `X-Request-Id`, if it is short and printable ASCII.
+fn sane_request_id(headers: &hyper::HeaderMap) -> Option<String> {
+    let value = headers.get(REQUEST_ID)?.to_str().ok()?;
+    let sane = !value.is_empty()
+        && value.len() <= MAX_REQUEST_ID
+        && value.bytes().all(|b| b.is_ascii_graphic());
+    sane.then(|| value.to_string())
+}
+
+/// The route a path belongs to, as a template (`/admin/users/{id}`), for
+/// logs and metrics: never a raw path, so ids and tokens never become
+/// labels.
+pub fn route_template(path: &str) -> &'static str {
+    match path {
+        "/auth/login" => "/auth/login",
+        "/auth/register" => "/auth/register",
+        "/auth/refresh" => "/auth/refresh",
+        "/auth/logout" => "/auth/logout",
+        "/auth/profile" => "/auth/profile",
+        "/auth/password" => "/auth/password",
+        "/auth/sessions" => "/auth/sessions",
+        "/healthz" => "/healthz",
+        "/readyz" => "/readyz",
+        "/openapi.json" => "/openapi.json",
+        "/admin/users" => "/admin/users",
+        path if path.starts_with("/auth/sessions/") => "/auth/sessions/{id}",
+        path if path.starts_with("/admin/sessions/") => "/admin/sessions/{sid}",
+        path if path.starts_with("/admin/users/") => {
+            match path
+                .trim_start_matches("/admin/users/")
+                .split('/')
+                .collect::<Vec<_>>()
+                .as_slice()
+            {
+                [_] => "/admin/users/{id}",
+                [_, "sessions"] => "/admin/users/{id}/sessions",
+                _ => "unmatched",
+            }
+        }
+        _ => "unmatched",
+    }
 }
 
 async fn route(
@@ -66,6 +132,7 @@ async fn route(
         }
         ("/auth/sessions", Method::GET) => handlers::own_sessions(app, &request).await,
         ("/healthz", Method::GET) => handlers::healthz(app).await,
+        ("/readyz", Method::GET) => handlers::readyz(app).await,
         ("/openapi.json", Method::GET) => Ok(openapi_document()),
         (
             "/auth/login" | "/auth/refresh" | "/auth/logout" | "/auth/register" | "/auth/password",
@@ -74,7 +141,7 @@ async fn route(
         ("/auth/profile", _) => Err(HttpError::MethodNotAllowed {
             allow: "GET, PATCH",
         }),
-        ("/auth/sessions" | "/healthz" | "/openapi.json", _) => {
+        ("/auth/sessions" | "/healthz" | "/readyz" | "/openapi.json", _) => {
             Err(HttpError::MethodNotAllowed { allow: "GET" })
         }
         (path, method) => {

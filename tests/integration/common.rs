@@ -63,6 +63,7 @@ pub fn test_config(data: &Path) -> ServeConfig {
         ],
         sweep_interval: Duration::from_secs(3600),
         shutdown_timeout: Duration::from_secs(5),
+        drain_delay: Duration::ZERO,
         throttle: Some(latchkey::throttle::ThrottlePolicy::default()),
         trusted_proxies: Vec::new(),
         max_connections: 10_000,
@@ -448,8 +449,14 @@ impl ServerProcess {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(at) = line.find("listening on http://") {
-                    let _ = address_tx
-                        .send(line[at + "listening on http://".len()..].trim().to_string());
+                    // Text or JSON logs: the address is what follows, up to
+                    // the first character no address has.
+                    let rest = &line[at + "listening on http://".len()..];
+                    let address: String = rest
+                        .chars()
+                        .take_while(|c| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']'))
+                        .collect();
+                    let _ = address_tx.send(address);
                 }
                 lines.lock().unwrap().push(line);
             }
@@ -473,6 +480,21 @@ impl ServerProcess {
     pub fn kill_hard(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
+    }
+
+    /// Waits for the process to exit (after a signal sent elsewhere).
+    pub fn terminate_waiting(mut self) -> std::process::ExitStatus {
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "server did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// SIGTERM, then wait for a clean exit.

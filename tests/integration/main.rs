@@ -11,4 +11,5 @@ mod concurrency;
 mod durability;
 mod hardening;
 mod limits;
+mod operations;
 mod throttle;

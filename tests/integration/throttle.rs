@@ -112,7 +112,7 @@ async fn a_block_survives_a_churn_of_unknown_emails_from_rotating_addresses() {
             ..ThrottlePolicy::default()
         });
         c.hash_workers = 1;
-        c.hash_queue = 1;
+        c.hash_queue = 4;
     })
     .await;
     let address: std::net::SocketAddr = server.url.trim_start_matches("http://").parse().unwrap();
@@ -134,7 +134,7 @@ async fn a_block_survives_a_churn_of_unknown_emails_from_rotating_addresses() {
     // then so many at once that most are refused with 503.
     let statuses = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
     let mut first = 0u32;
-    for (requests, parallel) in [(3000u32, 2u32), (1024, 32)] {
+    for (requests, parallel) in [(3000u32, 2u32), (1024, 64)] {
         let per_worker = requests / parallel;
         let workers: Vec<_> = (0..parallel)
             .map(|worker| {
@@ -160,7 +160,7 @@ async fn a_block_survives_a_churn_of_unknown_emails_from_rotating_addresses() {
     eprintln!("churn answers by status: {statuses:?}");
     assert_eq!(statuses.values().sum::<u32>(), 4024);
     assert!(
-        statuses.get(&401).copied().unwrap_or(0) >= 2000,
+        statuses.get(&401).copied().unwrap_or(0) >= 1500,
         "the churn was meant to fill the tables with failures: {statuses:?}"
     );
     assert!(
