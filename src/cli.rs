@@ -103,6 +103,13 @@ pub enum Command {
     /// Load a running server and report throughput and latency, or fill a
     /// database with test data (`--populate`).
     Bench(BenchArgs),
+    /// Print a shell completion script (bash, zsh or fish) to stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout.
+    Man,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -36,6 +36,17 @@ fn main() -> ExitCode {
                 latchkey::bench::populate(&cli.common, &args).await
             }
             Command::Bench(args) => latchkey::bench::run(&args).await,
+            Command::Completions { shell } => {
+                let mut command = <Cli as clap::CommandFactory>::command();
+                clap_complete::generate(shell, &mut command, "latchkey", &mut std::io::stdout());
+                Ok(())
+            }
+            Command::Man => {
+                let command = <Cli as clap::CommandFactory>::command();
+                clap_mangen::Man::new(command)
+                    .render(&mut std::io::stdout())
+                    .map_err(BoxError::from)
+            }
         }
     });
     match result {

@@ -8,6 +8,7 @@ mod cli;
 mod cli_accounts;
 mod common;
 mod concurrency;
+mod docs;
 mod durability;
 mod hardening;
 mod limits;
