@@ -23,6 +23,8 @@ pub struct App {
     pub config: ServeConfig,
     /// The free-space guard of the data file system.
     pub space: Arc<SpaceGuard>,
+    /// What /metrics reports.
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Set when a stop signal arrived: /readyz answers 503 from then on.
     pub draining: std::sync::atomic::AtomicBool,
     /// Request ids: a random prefix for this process and a counter.
@@ -48,8 +50,11 @@ impl App {
         let (store, space) = RedbStore::open_at_with_hooks(&location, Arc::clone(&hooks)).await?;
         #[cfg(not(feature = "test-hooks"))]
         let (store, space) = RedbStore::open_at(&location).await?;
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        store.install_metrics(metrics.work());
         let store: Arc<dyn Store> = Arc::new(store);
         let passwords = Passwords::new(config.argon2, config.hash_workers, config.hash_queue)?;
+        passwords.install_metrics(metrics.work().hash_duration);
         #[cfg(feature = "test-hooks")]
         passwords.install_hooks(Arc::clone(&hooks));
         let throttle = config.throttle.map(crate::throttle::Throttle::new);
@@ -87,6 +92,7 @@ impl App {
             auth,
             config,
             space,
+            metrics,
             draining: std::sync::atomic::AtomicBool::new(false),
             request_ids: (
                 u32::from_le_bytes(prefix),

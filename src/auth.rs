@@ -30,6 +30,9 @@ pub struct TokenPair {
     pub refresh_token: String,
     /// Seconds until the access token expires.
     pub expires_in: u64,
+    /// A refresh answered within the grace window: the refresh token is the
+    /// one the first rotation issued (for metrics).
+    pub grace_replay: bool,
 }
 
 pub struct LoginAttempt {
@@ -333,6 +336,10 @@ impl Auth {
         Ok(())
     }
 
+    pub fn passwords(&self) -> &Passwords {
+        &self.passwords
+    }
+
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }
@@ -521,7 +528,9 @@ impl Auth {
                     .user(verified.user_id)
                     .await?
                     .ok_or(Error::UserNotFound)?;
-                return self.token_pair(&user, verified.session_id, &session);
+                let mut pair = self.token_pair(&user, verified.session_id, &session)?;
+                pair.grace_replay = true;
+                return Ok(pair);
             }
             RefreshDecision::Rotated | RefreshDecision::Reused => {}
         }
@@ -544,8 +553,11 @@ impl Auth {
                 session,
                 user,
             } => match decision {
-                RefreshDecision::Rotated | RefreshDecision::GraceReplay => {
-                    self.token_pair(&user, verified.session_id, &session)
+                RefreshDecision::Rotated => self.token_pair(&user, verified.session_id, &session),
+                RefreshDecision::GraceReplay => {
+                    let mut pair = self.token_pair(&user, verified.session_id, &session)?;
+                    pair.grace_replay = true;
+                    Ok(pair)
                 }
                 RefreshDecision::Reused => {
                     tracing::warn!(event = "token_reuse", user_id = user.id, session = ?verified.session_id, "refresh token reuse detected; session revoked");
@@ -689,6 +701,7 @@ impl Auth {
                 .keys
                 .refresh_token(user.id, session_id, &session.current)?,
             expires_in: access_ttl,
+            grace_replay: false,
         })
     }
 

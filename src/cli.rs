@@ -347,6 +347,11 @@ pub struct ServeArgs {
     #[arg(long, env = "LATCHKEY_ADMIN_ROLE", value_delimiter = ',')]
     pub admin_role: Vec<i64>,
 
+    /// Serve Prometheus metrics at GET /metrics on this second address
+    /// (ADDR:PORT; never on the public port). Without it, no metrics listener.
+    #[arg(long, env = "LATCHKEY_METRICS_BIND")]
+    pub metrics_bind: Option<String>,
+
     /// Do not open the admin Unix socket.
     #[arg(long, env = "LATCHKEY_NO_ADMIN_SOCKET")]
     pub no_admin_socket: bool,

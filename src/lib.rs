@@ -22,6 +22,7 @@ pub mod config;
 pub mod credentials;
 pub mod error;
 pub mod http;
+pub mod metrics;
 pub mod passwords;
 pub mod secrets;
 pub mod server;

@@ -82,8 +82,29 @@ async fn serve(common: &CommonArgs, args: &ServeArgs) -> Result<(), BoxError> {
         Some(path) => AdminSocket::bind(path, config.admin_socket_explicit).await?,
         None => None,
     };
+    let metrics_listener = match &args.metrics_bind {
+        Some(address) => Some(
+            TcpListener::bind(address)
+                .await
+                .map_err(|e| format!("cannot listen on --metrics-bind {address}: {e}"))?,
+        ),
+        None => None,
+    };
     let app: Arc<App> = App::start(config).await?;
     let local = listener.local_addr()?;
+    let metrics = match metrics_listener {
+        Some(metrics_listener) => {
+            tracing::info!(
+                "metrics on http://{}/metrics",
+                metrics_listener.local_addr()?
+            );
+            Some(tokio::spawn(latchkey::server::serve_metrics(
+                metrics_listener,
+                Arc::clone(&app),
+            )))
+        }
+        None => None,
+    };
     let admin = admin_socket.map(|socket| {
         tracing::info!(path = %socket.path().display(), "admin socket open");
         tokio::spawn(socket.serve(Arc::clone(&app)))
@@ -93,6 +114,9 @@ async fn serve(common: &CommonArgs, args: &ServeArgs) -> Result<(), BoxError> {
     if let Some(admin) = admin {
         admin.abort();
         let _ = admin.await;
+    }
+    if let Some(metrics) = metrics {
+        metrics.abort();
     }
     tracing::info!("stopped");
     Ok(())

@@ -88,6 +88,8 @@ struct Queue {
     admit_limit: usize,
     #[cfg(feature = "test-hooks")]
     hooks: std::sync::OnceLock<Arc<crate::test_hooks::TestHooks>>,
+    /// Where workers record how long each job took, once set.
+    duration: std::sync::OnceLock<metrics::Histogram>,
 }
 
 impl Queue {
@@ -146,6 +148,7 @@ impl Passwords {
             admit_limit: workers + queue,
             #[cfg(feature = "test-hooks")]
             hooks: std::sync::OnceLock::new(),
+            duration: std::sync::OnceLock::new(),
         });
         for index in 0..workers {
             let (queue, params) = (Arc::clone(&queue), params.clone());
@@ -198,6 +201,16 @@ impl Passwords {
     #[cfg(feature = "test-hooks")]
     pub fn install_hooks(&self, hooks: Arc<crate::test_hooks::TestHooks>) {
         let _ = self.queue.hooks.set(hooks);
+    }
+
+    /// Records each job's duration into `histogram` from now on.
+    pub fn install_metrics(&self, histogram: metrics::Histogram) {
+        let _ = self.queue.duration.set(histogram);
+    }
+
+    /// Jobs running or waiting now.
+    pub fn queue_depth(&self) -> usize {
+        self.queue.lock().admitted
     }
 
     /// Admits a job unless `workers + queue` jobs are already admitted.
@@ -264,6 +277,7 @@ fn run_worker(queue: &Queue, params: &Params) {
             }
         };
         let _place = Admitted(queue);
+        let started = std::time::Instant::now();
         #[cfg(feature = "test-hooks")]
         if let Some(hooks) = queue.hooks.get() {
             hooks.panic_if_armed(crate::test_hooks::PanicPoint::HashWorker);
@@ -284,6 +298,9 @@ fn run_worker(queue: &Queue, params: &Params) {
                     &mut buffer,
                 ));
             }
+        }
+        if let Some(duration) = queue.duration.get() {
+            duration.record(started.elapsed().as_secs_f64());
         }
     }
 }

@@ -195,6 +195,49 @@ impl Connector {
     }
 }
 
+/// Serves `GET /metrics` (Prometheus text format 0.0.4) on its own
+/// listener until the task is dropped; any other request gets 404.
+pub async fn serve_metrics(listener: TcpListener, app: Arc<App>) {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(app.config.header_timeout)
+        .max_buf_size(MAX_HEAD_BYTES);
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let app = Arc::clone(&app);
+        let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+            let app = Arc::clone(&app);
+            async move {
+                let response = if request.method() == hyper::Method::GET
+                    && request.uri().path() == "/metrics"
+                {
+                    let sessions = app.auth.store().count_sessions().await.unwrap_or(0);
+                    let depth = app.auth.passwords().queue_depth();
+                    let mut response = hyper::Response::new(http_body_util::Full::new(
+                        bytes::Bytes::from(app.metrics.render(sessions, depth)),
+                    ));
+                    response.headers_mut().insert(
+                        hyper::header::CONTENT_TYPE,
+                        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+                    );
+                    response
+                } else {
+                    crate::http::error_response(&crate::http::HttpError::NotFound)
+                };
+                Ok::<_, std::convert::Infallible>(response)
+            }
+        });
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+    }
+}
+
 /// Serves until `shutdown` completes, then lets in-flight requests finish
 /// for up to the configured shutdown timeout.
 pub async fn serve(

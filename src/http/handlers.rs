@@ -40,14 +40,33 @@ pub async fn login(
         client_type: login.client_type,
         client_address: Some(client),
     };
-    let pair = app.auth.login(attempt).await?;
-    Ok(token_pair_response(&pair))
+    let result = app.auth.login(attempt).await;
+    app.metrics.login(match &result {
+        Ok(_) => "success",
+        Err(Error::InvalidCredentials) => "invalid_credentials",
+        Err(Error::RateLimited { .. }) => "rate_limited",
+        Err(Error::Overloaded) => "overloaded",
+        Err(Error::RoleNotAllowed) => "role_not_allowed",
+        Err(Error::UserDisabled) => "user_disabled",
+        Err(Error::InvalidRequest(_)) => "invalid_request",
+        Err(_) => "error",
+    });
+    Ok(token_pair_response(&result?))
 }
 
 pub async fn refresh(app: &App, request: Request<Incoming>) -> Result<HttpResponse, HttpError> {
     let token = decode::refresh_request(&read_json_body(request, app.config.body_timeout).await?)?;
-    let pair = app.auth.refresh(&token).await?;
-    Ok(token_pair_response(&pair))
+    let result = app.auth.refresh(&token).await;
+    app.metrics.refresh(match &result {
+        Ok(pair) if pair.grace_replay => "grace",
+        Ok(_) => "rotated",
+        Err(Error::TokenReused) => "reused",
+        Err(Error::TokenExpired) => "expired",
+        Err(Error::SessionRevoked) => "revoked",
+        Err(Error::InvalidToken(_) | Error::UserNotFound) => "invalid",
+        Err(_) => "error",
+    });
+    Ok(token_pair_response(&result?))
 }
 
 pub async fn logout(app: &App, request: Request<Incoming>) -> Result<HttpResponse, HttpError> {

@@ -45,6 +45,11 @@ pub async fn handle(app: Arc<App>, request: Request<Incoming>, peer: SocketAddr)
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }
+    app.metrics.request(
+        route_name,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
     tracing::info!(
         method = %method,
         route = route_name,

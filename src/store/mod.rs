@@ -323,6 +323,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<GlobalLogout>;
     /// Deletes up to `limit` sessions whose absolute end is before `now`.
     async fn sweep_expired_sessions(&self, now: Millis, limit: usize) -> StoreResult<usize>;
+    /// How many sessions are stored (live, and ended ones until swept).
+    async fn count_sessions(&self) -> StoreResult<u64>;
     /// Succeeds when the database is readable.
     async fn ping(&self) -> StoreResult<()>;
     /// Succeeds when writes are accepted. While they are refused because

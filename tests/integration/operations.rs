@@ -180,3 +180,185 @@ async fn logs_have_a_line_per_request_and_never_a_secret() {
         .filter(|l| l["event"].is_string())
         .all(|l| l["level"] == "WARN"));
 }
+
+/// The value of counter `metric` with exactly these labels (0 when absent).
+fn counter(scrape: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == metric)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+async fn scrape(client: &HttpClient) -> prometheus_parse::Scrape {
+    let answer = client.send(Method::GET, "/metrics", &[], "").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.headers["content-type"], "text/plain; version=0.0.4");
+    // Every metric has its HELP and TYPE.
+    let mut helped = std::collections::BTreeSet::new();
+    let mut typed = std::collections::BTreeSet::new();
+    for line in answer.text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            helped.insert(rest.split(' ').next().unwrap().to_string());
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            typed.insert(rest.split(' ').next().unwrap().to_string());
+        } else if let Some(name) = line.split(['{', ' ']).next().filter(|n| !n.is_empty()) {
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix).filter(|f| typed.contains(*f)))
+                .unwrap_or(name);
+            assert!(
+                helped.contains(family) && typed.contains(family),
+                "{family} lacks HELP or TYPE"
+            );
+            assert!(!line.contains('@'), "no email in a label: {line}");
+        }
+    }
+    let lines = answer.text.lines().map(|l| Ok(l.to_string()));
+    prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_a_known_sequence_exactly_on_their_own_port() {
+    let (_dir, data) = data_dir();
+    let seed = format!("ana@example.com:2:Ana:{PASSWORD}");
+    let server = ServerProcess::start(
+        &data,
+        &[
+            "--secret",
+            SECRET,
+            "--seed-user",
+            &seed,
+            "--reuse-grace",
+            "0",
+            "--metrics-bind",
+            "127.0.0.1:0",
+        ],
+    );
+    let address = {
+        let log = server.log.lock().unwrap().join("\n");
+        let at = log
+            .find("metrics on http://")
+            .expect("the metrics address is logged");
+        let rest = &log[at + "metrics on http://".len()..];
+        rest.split('/').next().unwrap().to_string()
+    };
+    let metrics = HttpClient::new(&format!("http://{address}"));
+    // Not on the public port.
+    server
+        .client
+        .send(Method::GET, "/metrics", &[], "")
+        .await
+        .assert_error(404, "not_found");
+
+    let before = scrape(&metrics).await;
+    let client = &server.client;
+    let tokens = login(client, "ana@example.com", None).await;
+    let wrong = json!({ "email": "ana@example.com", "password": "not it" });
+    client
+        .post_json("/auth/login", &wrong)
+        .await
+        .assert_error(401, "invalid_credentials");
+    let rotated = Tokens::from_body(&client.refresh(&tokens.refresh).await.body);
+    client
+        .refresh(&tokens.refresh)
+        .await
+        .assert_error(401, "token_reused");
+    client
+        .refresh(&rotated.refresh)
+        .await
+        .assert_error(401, "session_revoked");
+    client
+        .refresh("garbage")
+        .await
+        .assert_error(401, "invalid_token");
+    let admin_path = format!("/admin/users/{}", 1);
+    client.send(Method::GET, &admin_path, &[], "").await;
+    let after = scrape(&metrics).await;
+
+    let delta = |metric: &str, labels: &[(&str, &str)]| {
+        counter(&after, metric, labels) - counter(&before, metric, labels)
+    };
+    assert_eq!(
+        delta("latchkey_logins_total", &[("result", "success")]),
+        1.0
+    );
+    assert_eq!(
+        delta(
+            "latchkey_logins_total",
+            &[("result", "invalid_credentials")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        delta("latchkey_refreshes_total", &[("result", "rotated")]),
+        1.0
+    );
+    assert_eq!(
+        delta("latchkey_refreshes_total", &[("result", "reused")]),
+        1.0
+    );
+    assert_eq!(
+        delta("latchkey_refreshes_total", &[("result", "revoked")]),
+        1.0
+    );
+    assert_eq!(
+        delta("latchkey_refreshes_total", &[("result", "invalid")]),
+        1.0
+    );
+    let requests = "latchkey_http_requests_total";
+    assert_eq!(
+        delta(requests, &[("route", "/auth/login"), ("status", "200")]),
+        1.0
+    );
+    assert_eq!(
+        delta(requests, &[("route", "/auth/login"), ("status", "401")]),
+        1.0
+    );
+    assert_eq!(
+        delta(requests, &[("route", "/auth/refresh"), ("status", "200")]),
+        1.0
+    );
+    assert_eq!(
+        delta(requests, &[("route", "/auth/refresh"), ("status", "401")]),
+        3.0
+    );
+    // A raw path never becomes a label: the template does. (Checked on the
+    // text: this parser cannot read a `}` inside a label value.)
+    let text = metrics.send(Method::GET, "/metrics", &[], "").await.text;
+    assert!(
+        text.contains("latchkey_http_requests_total{route=\"/admin/users/{id}\",status=\"404\"} 1"),
+        "{text}"
+    );
+    assert!(!text.contains("/admin/users/1"));
+    assert_eq!(
+        counter(
+            &after,
+            "latchkey_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        1.0
+    );
+    assert!(counter(&after, "latchkey_sessions_active", &[]) >= 1.0);
+    for histogram in [
+        "latchkey_http_request_duration_seconds",
+        "latchkey_password_hash_duration_seconds",
+        "latchkey_store_commit_duration_seconds",
+        "latchkey_store_batch_size",
+    ] {
+        assert!(
+            after.samples.iter().any(|s| s.metric == histogram
+                && matches!(s.value, prometheus_parse::Value::Histogram(_))),
+            "{histogram}"
+        );
+    }
+    assert!(after
+        .samples
+        .iter()
+        .any(|s| s.metric == "latchkey_password_hash_queue_depth"));
+}

@@ -128,6 +128,8 @@ pub struct Location {
 
 pub struct RedbStore {
     slot: Arc<Slot>,
+    /// Where the writer records commit times and batch sizes, once set.
+    metrics: Arc<std::sync::OnceLock<crate::metrics::WorkMetrics>>,
     jobs: Option<mpsc::Sender<Box<dyn WriteJob>>>,
     writer: Option<JoinHandle<()>>,
 }
@@ -223,15 +225,23 @@ impl RedbStore {
         let slot = Arc::new(RwLock::new(Some(handle)));
         let (jobs, queue) = mpsc::channel(QUEUE_DEPTH);
         let writer_slot = Arc::clone(&slot);
+        let metrics = Arc::new(std::sync::OnceLock::new());
+        let writer_metrics = Arc::clone(&metrics);
         let writer = std::thread::Builder::new()
             .name("latchkey-writer".into())
-            .spawn(move || run_writer(&writer_slot, &opener, &space, queue))
+            .spawn(move || run_writer(&writer_slot, &opener, &space, &writer_metrics, queue))
             .map_err(backend)?;
         Ok(RedbStore {
             slot,
+            metrics,
             jobs: Some(jobs),
             writer: Some(writer),
         })
+    }
+
+    /// Records commit times and batch sizes into `metrics` from now on.
+    pub fn install_metrics(&self, metrics: crate::metrics::WorkMetrics) {
+        let _ = self.metrics.set(metrics);
     }
 
     /// A read snapshot of the current database handle, writable or not.
@@ -844,6 +854,14 @@ impl Store for RedbStore {
             return Ok(());
         }
         self.empty_batch().await
+    }
+
+    async fn count_sessions(&self) -> StoreResult<u64> {
+        self.read(|txn| {
+            let sessions = txn.open_table(SESSIONS).map_err(backend)?;
+            redb::ReadableTableMetadata::len(&sessions).map_err(backend)
+        })
+        .await
     }
 
     async fn ping(&self) -> StoreResult<()> {

@@ -59,6 +59,7 @@ pub(super) fn run_writer(
     slot: &Slot,
     opener: &Opener,
     space: &SpaceGuard,
+    metrics: &std::sync::OnceLock<crate::metrics::WorkMetrics>,
     mut queue: mpsc::Receiver<Box<dyn WriteJob>>,
 ) {
     let mut batch: Vec<Box<dyn WriteJob>> = Vec::with_capacity(MAX_BATCH);
@@ -81,6 +82,7 @@ pub(super) fn run_writer(
             writable = writable_handle(slot);
         }
         let mut handle_suspect = false;
+        let started = Instant::now();
         let committed = space.check().and_then(|()| match &writable {
             Some(db) => {
                 let (committed, panicked) = commit_batch_catching_panics(db, &mut batch, opener);
@@ -94,6 +96,12 @@ pub(super) fn run_writer(
             None => Err(StoreError::ReadOnly),
         });
         log_outcome(&committed, batch.len(), &mut paused_for_space);
+        if let (Some(metrics), Ok(())) = (metrics.get(), &committed) {
+            metrics
+                .commit_duration
+                .record(started.elapsed().as_secs_f64());
+            metrics.batch_size.record(batch.len() as f64);
+        }
         // After an I/O error redb refuses every later read and write on that
         // handle. Swap it for a read-only view before answering, so that reads
         // go on at once; writing is tried again in a second. (Reopening for
