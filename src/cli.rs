@@ -352,6 +352,11 @@ pub struct ServeArgs {
     #[arg(long, env = "LATCHKEY_METRICS_BIND")]
     pub metrics_bind: Option<String>,
 
+    /// Browser apps on this origin (`https://app.example.com`) may call the
+    /// API: their requests get CORS headers; repeatable or comma-separated.
+    #[arg(long, env = "LATCHKEY_CORS_ORIGIN", value_delimiter = ',')]
+    pub cors_origin: Vec<String>,
+
     /// Do not open the admin Unix socket.
     #[arg(long, env = "LATCHKEY_NO_ADMIN_SOCKET")]
     pub no_admin_socket: bool,

@@ -249,6 +249,8 @@ pub struct ServeConfig {
     pub admin_socket: Option<PathBuf>,
     /// Whether `--admin-socket` was given (then failing to open it stops the start).
     pub admin_socket_explicit: bool,
+    /// Origins whose browser apps may call the API (CORS).
+    pub cors_origins: Vec<String>,
     pub header_timeout: Duration,
     pub body_timeout: Duration,
 }
@@ -333,6 +335,7 @@ impl ServeConfig {
                 Some(admin_socket(common))
             },
             admin_socket_explicit: common.admin_socket.is_some(),
+            cors_origins: cors_origins(&args.cors_origin)?,
             header_timeout,
             body_timeout,
         })
@@ -374,6 +377,28 @@ fn throttle_policy(args: &ServeArgs) -> Result<Option<ThrottlePolicy>, ConfigErr
         ipv6_prefix: args.throttle_ipv6_prefix,
         ..ThrottlePolicy::default()
     }))
+}
+
+/// `--cors-origin` values: `scheme://host[:port]`, no path, no `*`.
+fn cors_origins(values: &[String]) -> Result<Vec<String>, ConfigError> {
+    values
+        .iter()
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty())
+        .map(|origin| {
+            let origin = origin.trim_end_matches('/');
+            let valid = (origin.starts_with("http://") || origin.starts_with("https://"))
+                && !origin.split_once("://").is_some_and(|(_, rest)| rest.is_empty() || rest.contains('/'))
+                && !origin.contains('*');
+            if valid {
+                Ok(origin.to_string())
+            } else {
+                err(format!(
+                    "--cors-origin {origin:?}: expected an origin such as https://app.example.com (no path, no *)"
+                ))
+            }
+        })
+        .collect()
 }
 
 /// Seed users from `--seed-user` and from `--seed-users-file`.

@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod client_address;
+mod cors;
 pub mod decode;
 pub mod error;
 mod handlers;
@@ -40,8 +41,16 @@ pub async fn handle(app: Arc<App>, request: Request<Incoming>, peer: SocketAddr)
     let route_name = route_template(request.uri().path());
     let client =
         client_address::client_address(peer, request.headers(), &app.config.trusted_proxies);
-    let result = route(&app, request, peer).await;
-    let mut response = result.unwrap_or_else(|error| error_response(&error));
+    let cors_origin = cors::allowed_origin(&app.config.cors_origins, request.headers());
+    let mut response = match (&cors_origin, request.method()) {
+        (Some(_), &Method::OPTIONS) => cors::preflight(),
+        _ => route(&app, request, peer)
+            .await
+            .unwrap_or_else(|error| error_response(&error)),
+    };
+    if let Some(origin) = cors_origin {
+        cors::add_headers(&mut response, origin);
+    }
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }

@@ -73,6 +73,7 @@ pub fn test_config(data: &Path) -> ServeConfig {
         admin_roles: Vec::new(),
         admin_socket: None,
         admin_socket_explicit: false,
+        cors_origins: Vec::new(),
         header_timeout: Duration::from_secs(10),
         body_timeout: Duration::from_secs(10),
     }

@@ -362,3 +362,211 @@ async fn metrics_count_a_known_sequence_exactly_on_their_own_port() {
         .iter()
         .any(|s| s.metric == "latchkey_password_hash_queue_depth"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_headers_only_for_listed_origins() {
+    let plain = TestServer::start().await;
+    let answer = plain
+        .client
+        .send(
+            Method::GET,
+            "/healthz",
+            &[("origin", "https://app.example.com")],
+            "",
+        )
+        .await;
+    assert!(answer.headers.get("access-control-allow-origin").is_none());
+
+    let server =
+        TestServer::start_with(|c| c.cors_origins = vec!["https://app.example.com".into()]).await;
+    let client = &server.client;
+    let listed = [("origin", "https://app.example.com")];
+    let answer = client.send(Method::GET, "/healthz", &listed, "").await;
+    assert_eq!(
+        answer.headers["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    assert!(answer
+        .headers
+        .get("access-control-allow-credentials")
+        .is_none());
+    let preflight = client
+        .send(
+            Method::OPTIONS,
+            "/auth/login",
+            &[
+                ("origin", "https://app.example.com"),
+                ("access-control-request-method", "POST"),
+                ("access-control-request-headers", "content-type"),
+            ],
+            "",
+        )
+        .await;
+    assert_eq!(preflight.status, StatusCode::NO_CONTENT);
+    let methods = preflight.headers["access-control-allow-methods"]
+        .to_str()
+        .unwrap();
+    assert!(methods.contains("POST") && methods.contains("PATCH"));
+    let headers = preflight.headers["access-control-allow-headers"]
+        .to_str()
+        .unwrap();
+    assert!(headers.contains("Authorization") && headers.contains("Content-Type"));
+    assert!(preflight.headers.contains_key("access-control-max-age"));
+
+    let other = [("origin", "https://evil.example.com")];
+    let answer = client.send(Method::GET, "/healthz", &other, "").await;
+    assert!(answer.headers.get("access-control-allow-origin").is_none());
+    let preflight = client
+        .send(Method::OPTIONS, "/auth/login", &other, "")
+        .await;
+    assert!(preflight
+        .headers
+        .get("access-control-allow-origin")
+        .is_none());
+    assert_ne!(preflight.status, StatusCode::NO_CONTENT);
+}
+
+/// Serves one HTML page on a free port (a second origin), until dropped.
+async fn page_server(html: String) -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let html = html.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_request| {
+                    let html = html.clone();
+                    async move {
+                        let mut response = hyper::Response::new(http_body_util::Full::new(
+                            bytes::Bytes::from(html),
+                        ));
+                        response
+                            .headers_mut()
+                            .insert("content-type", "text/html; charset=utf-8".parse().unwrap());
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (origin, task)
+}
+
+/// The page's script logs in, refreshes and reads the profile with fetch,
+/// and writes what happened into the document.
+fn browser_page(api: &str) -> String {
+    format!(
+        r#"<!doctype html><html><body><pre id="out">running</pre><script>
+const api = "{api}";
+const out = document.getElementById("out");
+(async () => {{
+  try {{
+    const json = {{ "content-type": "application/json" }};
+    let r = await fetch(api + "/auth/login", {{ method: "POST", headers: json,
+      body: JSON.stringify({{ email: "ana@example.com", password: "{PASSWORD}" }}) }});
+    let tokens = await r.json();
+    r = await fetch(api + "/auth/refresh", {{ method: "POST", headers: json,
+      body: JSON.stringify({{ refreshToken: tokens.refreshToken }}) }});
+    tokens = await r.json();
+    r = await fetch(api + "/auth/profile", {{ headers: {{ authorization: "Bearer " + tokens.accessToken }} }});
+    const body = await r.json();
+    out.textContent = "RESULT OK " + r.status + " " + body.profile.email + " id=" + r.headers.get("x-request-id");
+  }} catch (e) {{
+    out.textContent = "RESULT FAILED " + e.name;
+  }}
+}})();
+</script></body></html>"#
+    )
+}
+
+fn chromium_dom(url: &str) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(url)
+        .output()
+        .expect("chromium (Debian's package) must be installed for this test");
+    String::from_utf8_lossy(&output.stdout).to_string()
+}
+
+/// A real browser: a page from a listed origin logs in, refreshes and reads
+/// the profile with fetch; the same page from another origin cannot. Needs
+/// Debian's chromium: `.ci/run` installs it and runs this test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium; run by .ci/run"]
+async fn a_browser_app_on_a_listed_origin_logs_in_and_another_origin_cannot() {
+    // The page servers first: their origins go into --cors-origin.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    let (allowed, _a) = page_server(browser_page(&api)).await;
+    let (other, _b) = page_server(browser_page(&api)).await;
+    let (_dir, data) = data_dir();
+    let seed = format!("ana@example.com:2:Ana:{PASSWORD}");
+    let port = api.rsplit(':').next().unwrap().to_string();
+    let db = data.join("latchkey.redb");
+    let mut child = std::process::Command::new(binary())
+        .args(["serve", "--port", &port, "--data"])
+        .arg(&db)
+        .args(CHEAP_ARGON2_FLAGS)
+        .args([
+            "--secret",
+            SECRET,
+            "--seed-user",
+            &seed,
+            "--cors-origin",
+            &allowed,
+        ])
+        .env("LATCHKEY_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let client = HttpClient::new(&api);
+    let mut up = false;
+    for _ in 0..100 {
+        if client
+            .try_send(Method::GET, "/healthz", &[], "")
+            .await
+            .is_ok()
+        {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up, "the server did not start on {api}");
+
+    let dom = tokio::task::spawn_blocking(move || chromium_dom(&allowed))
+        .await
+        .unwrap();
+    assert!(
+        dom.contains("RESULT OK 200 ana@example.com id="),
+        "allowed origin: {dom}"
+    );
+    let dom = tokio::task::spawn_blocking(move || chromium_dom(&other))
+        .await
+        .unwrap();
+    assert!(
+        dom.contains("RESULT FAILED TypeError"),
+        "other origin: {dom}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
