@@ -5,6 +5,7 @@
 #
 #   bench/compare.sh OLD_BINARY NEW_BINARY [RESULTS_DIR]
 #   RUNS=3 DURATION=8s SCENARIOS="refresh profile login" bench/compare.sh …
+#   NEW_FLAGS="--metrics-bind 127.0.0.1:0" bench/compare.sh BIN BIN   (one binary, two settings)
 set -euo pipefail
 old=$1 new=$2 out=${3:-target/compare}
 runs=${RUNS:-3} duration=${DURATION:-8s} scenarios=${SCENARIOS:-refresh profile login}
@@ -17,9 +18,12 @@ for scenario in $scenarios; do
   for run in $(seq "$runs"); do
     for side in old new; do
       bin=${!side}
+      flags_var=${side^^}_FLAGS
+      flags=${!flags_var:-}
       db=$out/$side.redb
       [ -f "$db" ] || "$bin" bench --populate --data "$db" --users 1000 --log warn >/dev/null
-      "$bin" serve --port $port --data "$db" --log warn >>"$out/server.log" 2>&1 &
+      # shellcheck disable=SC2086 # flags are words on purpose
+      "$bin" serve --port $port --data "$db" --log warn $flags >>"$out/server.log" 2>&1 &
       server=$!
       for _ in $(seq 1 100); do curl -sf -o /dev/null "http://127.0.0.1:$port/healthz" && break; sleep 0.05; done
       "$bin" bench --url "http://127.0.0.1:$port" --users 1000 --json --scenario "$scenario" \

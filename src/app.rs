@@ -50,11 +50,15 @@ impl App {
         let (store, space) = RedbStore::open_at_with_hooks(&location, Arc::clone(&hooks)).await?;
         #[cfg(not(feature = "test-hooks"))]
         let (store, space) = RedbStore::open_at(&location).await?;
-        let metrics = Arc::new(crate::metrics::Metrics::new());
-        store.install_metrics(metrics.work());
+        let metrics = Arc::new(crate::metrics::Metrics::new(config.metrics_bind.is_some()));
+        if let Some(work) = metrics.work() {
+            store.install_metrics(work);
+        }
         let store: Arc<dyn Store> = Arc::new(store);
         let passwords = Passwords::new(config.argon2, config.hash_workers, config.hash_queue)?;
-        passwords.install_metrics(metrics.work().hash_duration);
+        if let Some(work) = metrics.work() {
+            passwords.install_metrics(work.hash_duration);
+        }
         #[cfg(feature = "test-hooks")]
         passwords.install_hooks(Arc::clone(&hooks));
         let throttle = config.throttle.map(crate::throttle::Throttle::new);
@@ -110,7 +114,17 @@ impl App {
             .request_ids
             .1
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        format!("{:08x}{:08x}", self.request_ids.0, n)
+        let value = (u64::from(self.request_ids.0) << 32) ^ n;
+        let mut id = String::with_capacity(16);
+        for shift in (0..16).rev() {
+            let digit = ((value >> (shift * 4)) & 0xf) as u8;
+            id.push(char::from(if digit < 10 {
+                b'0' + digit
+            } else {
+                b'a' + digit - 10
+            }));
+        }
+        id
     }
 
     /// Deletes expired sessions in bounded batches until none are left.

@@ -251,6 +251,8 @@ pub struct ServeConfig {
     pub admin_socket_explicit: bool,
     /// Origins whose browser apps may call the API (CORS).
     pub cors_origins: Vec<String>,
+    /// Where to serve /metrics; `None`: no metrics, nothing recorded.
+    pub metrics_bind: Option<String>,
     pub header_timeout: Duration,
     pub body_timeout: Duration,
 }
@@ -336,6 +338,7 @@ impl ServeConfig {
             },
             admin_socket_explicit: common.admin_socket.is_some(),
             cors_origins: cors_origins(&args.cors_origin)?,
+            metrics_bind: args.metrics_bind.clone(),
             header_timeout,
             body_timeout,
         })

@@ -82,7 +82,7 @@ async fn serve(common: &CommonArgs, args: &ServeArgs) -> Result<(), BoxError> {
         Some(path) => AdminSocket::bind(path, config.admin_socket_explicit).await?,
         None => None,
     };
-    let metrics_listener = match &args.metrics_bind {
+    let metrics_listener = match &config.metrics_bind {
         Some(address) => Some(
             TcpListener::bind(address)
                 .await

@@ -40,22 +40,74 @@ pub struct WorkMetrics {
     pub batch_size: Histogram,
 }
 
+/// Every route template a request can be counted under.
+pub const ROUTES: &[&str] = &[
+    "/auth/login",
+    "/auth/register",
+    "/auth/refresh",
+    "/auth/logout",
+    "/auth/profile",
+    "/auth/password",
+    "/auth/sessions",
+    "/auth/sessions/{id}",
+    "/healthz",
+    "/readyz",
+    "/openapi.json",
+    "/admin/users",
+    "/admin/users/{id}",
+    "/admin/users/{id}/sessions",
+    "/admin/sessions/{sid}",
+    "unmatched",
+];
+
+/// Every status label.
+const STATUSES: &[&str] = &[
+    "200", "201", "204", "400", "401", "403", "404", "405", "408", "409", "413", "415", "429",
+    "431", "500", "503", "other",
+];
+
+const LOGIN_RESULTS: &[&str] = &[
+    "success",
+    "invalid_credentials",
+    "rate_limited",
+    "overloaded",
+    "role_not_allowed",
+    "user_disabled",
+    "invalid_request",
+    "error",
+];
+
+const REFRESH_RESULTS: &[&str] = &[
+    "rotated", "grace", "reused", "expired", "revoked", "invalid", "error",
+];
+
+/// A metric handle made the first time it is used: a label combination
+/// appears in the exposition once it has happened, and the hot path never
+/// looks anything up or allocates.
+type Lazy<T> = std::sync::OnceLock<T>;
+
+struct RouteMetrics {
+    duration: Lazy<Histogram>,
+    by_status: Vec<Lazy<Counter>>,
+}
+
 pub struct Metrics {
+    /// Without a metrics listener nothing is recorded: histogram samples
+    /// wait in memory until an upkeep folds them into buckets.
+    enabled: bool,
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
     sessions: Gauge,
     hash_queue: Gauge,
     work: WorkMetrics,
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Metrics::new()
-    }
+    routes: Vec<RouteMetrics>,
+    logins: Vec<Lazy<Counter>>,
+    refreshes: Vec<Lazy<Counter>>,
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    /// Metrics that record only when `enabled` (a listener serves them).
+    pub fn new(enabled: bool) -> Self {
         let recorder = PrometheusBuilder::new()
             .set_buckets(SECONDS)
             .and_then(|b| {
@@ -121,48 +173,100 @@ impl Metrics {
             commit_duration: histogram(COMMIT_DURATION),
             batch_size: histogram(BATCH_SIZE),
         };
+        let lazies = |n: usize| (0..n).map(|_| Lazy::new()).collect::<Vec<_>>();
         Metrics {
+            enabled,
             recorder,
             handle,
             sessions,
             hash_queue,
             work,
+            routes: ROUTES
+                .iter()
+                .map(|_| RouteMetrics {
+                    duration: Lazy::new(),
+                    by_status: lazies(STATUSES.len()),
+                })
+                .collect(),
+            logins: lazies(LOGIN_RESULTS.len()),
+            refreshes: lazies(REFRESH_RESULTS.len()),
         }
     }
 
-    pub fn work(&self) -> WorkMetrics {
-        self.work.clone()
+    /// The histograms for the hashing pool and the writer, when enabled.
+    pub fn work(&self) -> Option<WorkMetrics> {
+        self.enabled.then(|| self.work.clone())
     }
 
-    /// One answered request.
+    /// Folds recorded histogram samples into their buckets, so memory stays
+    /// bounded between scrapes; run every few seconds.
+    pub fn upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+
+    /// One answered request; `route` is one of [`ROUTES`].
     pub fn request(&self, route: &'static str, status: u16, seconds: f64) {
-        let status = Label::new("status", status_label(status));
-        let route = Label::new("route", route);
-        self.recorder
-            .register_counter(
-                &Key::from_parts(HTTP_REQUESTS, vec![route.clone(), status]),
-                &METADATA,
-            )
+        if !self.enabled {
+            return;
+        }
+        let index = ROUTES
+            .iter()
+            .position(|r| *r == route)
+            .unwrap_or(ROUTES.len() - 1);
+        let route_metrics = &self.routes[index];
+        let route = ROUTES[index];
+        let status = status_index(status);
+        route_metrics.by_status[status]
+            .get_or_init(|| {
+                let labels = vec![
+                    Label::new("route", route),
+                    Label::new("status", STATUSES[status]),
+                ];
+                self.recorder
+                    .register_counter(&Key::from_parts(HTTP_REQUESTS, labels), &METADATA)
+            })
             .increment(1);
-        self.recorder
-            .register_histogram(&Key::from_parts(HTTP_DURATION, vec![route]), &METADATA)
+        route_metrics
+            .duration
+            .get_or_init(|| {
+                let labels = vec![Label::new("route", route)];
+                self.recorder
+                    .register_histogram(&Key::from_parts(HTTP_DURATION, labels), &METADATA)
+            })
             .record(seconds);
     }
 
+    /// One login attempt; `result` is one of the login results.
     pub fn login(&self, result: &'static str) {
-        self.count(LOGINS, result);
+        self.count(LOGINS, LOGIN_RESULTS, &self.logins, result);
     }
 
+    /// One refresh attempt; `result` is one of the refresh results.
     pub fn refresh(&self, result: &'static str) {
-        self.count(REFRESHES, result);
+        self.count(REFRESHES, REFRESH_RESULTS, &self.refreshes, result);
     }
 
-    fn count(&self, name: &'static str, result: &'static str) {
-        let counter: Counter = self.recorder.register_counter(
-            &Key::from_parts(name, vec![Label::new("result", result)]),
-            &METADATA,
-        );
-        counter.increment(1);
+    fn count(
+        &self,
+        name: &'static str,
+        results: &[&'static str],
+        counters: &[Lazy<Counter>],
+        result: &str,
+    ) {
+        if !self.enabled {
+            return;
+        }
+        let index = results
+            .iter()
+            .position(|r| *r == result)
+            .unwrap_or(results.len() - 1);
+        counters[index]
+            .get_or_init(|| {
+                let labels = vec![Label::new("result", results[index])];
+                self.recorder
+                    .register_counter(&Key::from_parts(name, labels), &METADATA)
+            })
+            .increment(1);
     }
 
     /// The exposition text, with the gauges read now.
@@ -174,28 +278,43 @@ impl Metrics {
     }
 }
 
-/// Status codes as fixed label values.
-fn status_label(status: u16) -> &'static str {
+/// A status code's place in [`STATUSES`] (`other` for the unusual ones).
+fn status_index(status: u16) -> usize {
     match status {
-        200 => "200",
-        201 => "201",
-        204 => "204",
-        400 => "400",
-        401 => "401",
-        403 => "403",
-        404 => "404",
-        405 => "405",
-        408 => "408",
-        409 => "409",
-        413 => "413",
-        415 => "415",
-        429 => "429",
-        431 => "431",
-        500 => "500",
-        503 => "503",
-        _ => "other",
+        200 => 0,
+        201 => 1,
+        204 => 2,
+        400 => 3,
+        401 => 4,
+        403 => 5,
+        404 => 6,
+        405 => 7,
+        408 => 8,
+        409 => 9,
+        413 => 10,
+        415 => 11,
+        429 => 12,
+        431 => 13,
+        500 => 14,
+        503 => 15,
+        _ => STATUSES.len() - 1,
     }
 }
 
 /// Shared handle.
 pub type SharedMetrics = Arc<Metrics>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_indexes_match_their_labels() {
+        for (index, label) in STATUSES.iter().enumerate() {
+            match label.parse::<u16>() {
+                Ok(status) => assert_eq!(status_index(status), index, "{label}"),
+                Err(_) => assert_eq!(status_index(302), index),
+            }
+        }
+    }
+}

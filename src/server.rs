@@ -198,6 +198,24 @@ impl Connector {
 /// Serves `GET /metrics` (Prometheus text format 0.0.4) on its own
 /// listener until the task is dropped; any other request gets 404.
 pub async fn serve_metrics(listener: TcpListener, app: Arc<App>) {
+    let upkeep = {
+        let app = Arc::clone(&app);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                ticks.tick().await;
+                app.metrics.upkeep();
+            }
+        })
+    };
+    // Ends the upkeep with this task.
+    struct AbortOnDrop(tokio::task::JoinHandle<()>);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let _upkeep = AbortOnDrop(upkeep);
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())

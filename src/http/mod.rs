@@ -39,8 +39,10 @@ pub async fn handle(app: Arc<App>, request: Request<Incoming>, peer: SocketAddr)
     let request_id = sane_request_id(request.headers()).unwrap_or_else(|| app.next_request_id());
     let method = request.method().clone();
     let route_name = route_template(request.uri().path());
-    let client =
-        client_address::client_address(peer, request.headers(), &app.config.trusted_proxies);
+    // Only for the log line: worked out only when it is written.
+    let client = tracing::enabled!(tracing::Level::INFO).then(|| {
+        client_address::client_address(peer, request.headers(), &app.config.trusted_proxies)
+    });
     let cors_origin = cors::allowed_origin(&app.config.cors_origins, request.headers());
     let mut response = match (&cors_origin, request.method()) {
         (Some(_), &Method::OPTIONS) => cors::preflight(),
@@ -51,7 +53,7 @@ pub async fn handle(app: Arc<App>, request: Request<Incoming>, peer: SocketAddr)
     if let Some(origin) = cors_origin {
         cors::add_headers(&mut response, origin);
     }
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
+    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(request_id.clone())) {
         response.headers_mut().insert(REQUEST_ID, value);
     }
     app.metrics.request(
@@ -65,7 +67,7 @@ pub async fn handle(app: Arc<App>, request: Request<Incoming>, peer: SocketAddr)
         status = response.status().as_u16(),
         latency_ms = started.elapsed().as_secs_f64() * 1000.0,
         request_id = %request_id,
-        client = %client,
+        client = %client.map_or_else(String::new, |c| c.to_string()),
         "request"
     );
     response

@@ -74,6 +74,7 @@ pub fn test_config(data: &Path) -> ServeConfig {
         admin_socket: None,
         admin_socket_explicit: false,
         cors_origins: Vec::new(),
+        metrics_bind: None,
         header_timeout: Duration::from_secs(10),
         body_timeout: Duration::from_secs(10),
     }
