@@ -364,7 +364,7 @@ pub struct ServeArgs {
     /// After SIGTERM/SIGINT, how long to go on serving while /readyz
     /// answers 503 `draining` (so a load balancer stops sending traffic
     /// first), before the server stops accepting connections.
-    #[arg(long, env = "LATCHKEY_DRAIN_DELAY", default_value = "0s")]
+    #[arg(long, env = "LATCHKEY_DRAIN_DELAY", default_value = "1s")]
     pub drain_delay: String,
 
     /// How often expired sessions are removed from the database.
