@@ -121,6 +121,12 @@ impl Target {
         }
     }
 
+    /// `PATCH /admin/users/{id}` of `user` (as the admin API showed it).
+    async fn patch_user(&self, user: &Value, change: Value) -> Result<Answer, BoxError> {
+        let path = format!("users/{}", id_of(user));
+        ok(self.call(Method::PATCH, &path, Some(change)).await?)
+    }
+
     /// The user with `email`, as the admin API shows it.
     async fn user_by_email(&self, email: &str) -> Result<Value, BoxError> {
         let query: String = form_urlencoded::Serializer::new(String::new())
@@ -197,14 +203,9 @@ pub async fn user_command(common: &CommonArgs, command: UserCommand) -> Result<(
         UserCommand::Passwd { email } => {
             let user = target.user_by_email(&email).await?;
             let password = read_new_password()?;
-            let body = json!({ "password": password.as_str() });
-            ok(target
-                .call(
-                    Method::PATCH,
-                    &format!("users/{}", id_of(&user)),
-                    Some(body),
-                )
-                .await?)?;
+            target
+                .patch_user(&user, json!({ "password": password.as_str() }))
+                .await?;
             println!(
                 "changed the password of <{}>; their sessions are revoked",
                 user["email"].as_str().unwrap_or_default()
@@ -227,14 +228,9 @@ pub async fn user_command(common: &CommonArgs, command: UserCommand) -> Result<(
 
 async fn set_disabled(target: &Target, email: &str, disabled: bool) -> Result<(), BoxError> {
     let user = target.user_by_email(email).await?;
-    let body = json!({ "disabled": disabled });
-    ok(target
-        .call(
-            Method::PATCH,
-            &format!("users/{}", id_of(&user)),
-            Some(body),
-        )
-        .await?)?;
+    target
+        .patch_user(&user, json!({ "disabled": disabled }))
+        .await?;
     let email = user["email"].as_str().unwrap_or_default();
     if disabled {
         println!(

@@ -892,6 +892,17 @@ mod tests {
         }
     }
 
+    /// A store in `folder` with one user, ana@example.com.
+    async fn store_with_ana(folder: &Path) -> (RedbStore, User) {
+        let store = open(&folder.join("db.redb"), &Arc::default()).unwrap();
+        let user = store
+            .create_user(new_user("ana@example.com"))
+            .await
+            .unwrap()
+            .unwrap();
+        (store, user)
+    }
+
     fn open(path: &Path, hooks: &Arc<TestHooks>) -> StoreResult<RedbStore> {
         let space = Arc::new(SpaceGuard::new(path, 0));
         RedbStore::open_with_hooks(path, 1 << 20, space, Arc::clone(hooks))
@@ -930,12 +941,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_session_cap_revokes_the_oldest_and_bounds_what_is_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let store = open(&dir.path().join("db.redb"), &Arc::default()).unwrap();
-        let user = store
-            .create_user(new_user("ana@example.com"))
-            .await
-            .unwrap()
-            .unwrap();
+        let (store, user) = store_with_ana(dir.path()).await;
         let day = std::time::Duration::from_secs(86_400);
         let mut ids = Vec::new();
         for n in 0..20u64 {
@@ -969,12 +975,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_session_is_not_stored_for_a_user_who_changed_meanwhile() {
         let dir = tempfile::tempdir().unwrap();
-        let store = open(&dir.path().join("db.redb"), &Arc::default()).unwrap();
-        let user = store
-            .create_user(new_user("ana@example.com"))
-            .await
-            .unwrap()
-            .unwrap();
+        let (store, user) = store_with_ana(dir.path()).await;
         let day = std::time::Duration::from_secs(86_400);
         let start = |n: u64| {
             let session = Session::start(
