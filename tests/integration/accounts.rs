@@ -36,6 +36,10 @@ async fn with_bearer(
     client.send(method, path, &headers, body).await
 }
 
+async fn patch_profile(client: &HttpClient, token: &str, change: Value) -> Response {
+    with_bearer(client, Method::PATCH, "/auth/profile", token, Some(change)).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_up_is_closed_by_default() {
     let server = TestServer::start().await;
@@ -116,12 +120,10 @@ async fn a_user_changes_their_profile_and_tokens_follow_at_the_next_refresh() {
     let server = TestServer::start().await;
     let client = &server.client;
     let tokens = server.login("ana@example.com", None).await;
-    let changed = with_bearer(
+    let changed = patch_profile(
         client,
-        Method::PATCH,
-        "/auth/profile",
         &tokens.access,
-        Some(json!({ "name": "Ana B", "email": "Ana.B@example.com" })),
+        json!({ "name": "Ana B", "email": "Ana.B@example.com" }),
     )
     .await;
     assert_eq!(changed.status, StatusCode::OK, "{}", changed.text);
@@ -132,42 +134,18 @@ async fn a_user_changes_their_profile_and_tokens_follow_at_the_next_refresh() {
     assert_eq!(profile.body["profile"]["email"], "ana.b@example.com");
     assert_eq!(profile.body["profile"]["name"], "Ana B");
 
-    with_bearer(
-        client,
-        Method::PATCH,
-        "/auth/profile",
-        &next.access,
-        Some(json!({ "email": "mo@example.com" })),
-    )
-    .await
-    .assert_error(409, "email_taken");
-    with_bearer(
-        client,
-        Method::PATCH,
-        "/auth/profile",
-        &next.access,
-        Some(json!({})),
-    )
-    .await
-    .assert_error(400, "invalid_request");
-    with_bearer(
-        client,
-        Method::PATCH,
-        "/auth/profile",
-        &next.access,
-        Some(json!({ "name": " " })),
-    )
-    .await
-    .assert_error(400, "invalid_request");
-    with_bearer(
-        client,
-        Method::PATCH,
-        "/auth/profile",
-        "garbage",
-        Some(json!({ "name": "X" })),
-    )
-    .await
-    .assert_error(401, "invalid_token");
+    patch_profile(client, &next.access, json!({ "email": "mo@example.com" }))
+        .await
+        .assert_error(409, "email_taken");
+    patch_profile(client, &next.access, json!({}))
+        .await
+        .assert_error(400, "invalid_request");
+    patch_profile(client, &next.access, json!({ "name": " " }))
+        .await
+        .assert_error(400, "invalid_request");
+    patch_profile(client, "garbage", json!({ "name": "X" }))
+        .await
+        .assert_error(401, "invalid_token");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -512,23 +490,14 @@ async fn email_changes_are_limited_per_user() {
         .await;
         assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
     }
-    with_bearer(
+    patch_profile(
         &server.client,
-        Method::PATCH,
-        "/auth/profile",
         &tokens.access,
-        Some(json!({ "email": "mo@example.com" })),
+        json!({ "email": "mo@example.com" }),
     )
     .await
     .assert_error(429, "rate_limited");
     // Names are not limited.
-    let name = with_bearer(
-        &server.client,
-        Method::PATCH,
-        "/auth/profile",
-        &tokens.access,
-        Some(json!({ "name": "Ana" })),
-    )
-    .await;
+    let name = patch_profile(&server.client, &tokens.access, json!({ "name": "Ana" })).await;
     assert_eq!(name.status, StatusCode::OK);
 }
