@@ -450,7 +450,7 @@ impl Auth {
                         );
                     }
                     if let Some(block) = address {
-                        tracing::warn!(event = "login_throttled", key = "address", client = ?client_address, blocked_secs = block.as_secs(), "login throttled: a client address's failure budget is spent");
+                        tracing::warn!(event = "login_throttled", key = "address", client = %client_address.map_or_else(String::new, |c| c.to_string()), blocked_secs = block.as_secs(), "login throttled: a client address's failure budget is spent");
                     }
                 }
                 Err(Error::InvalidCredentials)

@@ -147,7 +147,8 @@ impl Target {
 fn check_server_user(stream: &UnixStream) -> Result<(), BoxError> {
     let own = rustix::process::geteuid().as_raw();
     match stream.peer_cred().map(|c| c.uid()) {
-        Ok(uid) if uid == own || uid == 0 => Ok(()),
+        // root may use the server of any user (a service account's, say).
+        Ok(uid) if uid == own || uid == 0 || own == 0 => Ok(()),
         Ok(uid) => Err(format!(
             "the admin socket is served by user {uid}, not by this user; refusing to use it"
         )

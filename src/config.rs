@@ -296,7 +296,13 @@ impl ServeConfig {
             seed_users: seed_users(args)?,
             sweep_interval,
             shutdown_timeout: parse_duration(&args.shutdown_timeout)?,
-            drain_delay: parse_duration(&args.drain_delay)?,
+            drain_delay: {
+                let delay = parse_duration(&args.drain_delay)?;
+                if delay > Duration::from_secs(3600) {
+                    return err("--drain-delay must be at most 1h");
+                }
+                delay
+            },
             throttle,
             trusted_proxies: args
                 .trusted_proxy
@@ -389,7 +395,13 @@ fn cors_origins(values: &[String]) -> Result<Vec<String>, ConfigError> {
         .map(|v| v.trim())
         .filter(|v| !v.is_empty())
         .map(|origin| {
-            let origin = origin.trim_end_matches('/');
+            let origin = origin.trim_end_matches('/').to_ascii_lowercase();
+            let origin = origin
+                .strip_suffix(":443")
+                .filter(|_| origin.starts_with("https://"))
+                .or_else(|| origin.strip_suffix(":80").filter(|_| origin.starts_with("http://")))
+                .unwrap_or(&origin)
+                .to_string();
             let valid = (origin.starts_with("http://") || origin.starts_with("https://"))
                 && !origin.split_once("://").is_some_and(|(_, rest)| rest.is_empty() || rest.contains('/'))
                 && !origin.contains('*');

@@ -41,12 +41,7 @@ fn main() -> ExitCode {
                 clap_complete::generate(shell, &mut command, "latchkey", &mut std::io::stdout());
                 Ok(())
             }
-            Command::Man => {
-                let command = <Cli as clap::CommandFactory>::command();
-                clap_mangen::Man::new(command)
-                    .render(&mut std::io::stdout())
-                    .map_err(BoxError::from)
-            }
+            Command::Man => man_page().map_err(BoxError::from),
         }
     });
     match result {
@@ -119,6 +114,33 @@ async fn serve(common: &CommonArgs, args: &ServeArgs) -> Result<(), BoxError> {
         metrics.abort();
     }
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// The man page: the whole command, then every subcommand's (and their
+/// subcommands') synopsis, description and options, all from the clap
+/// definitions.
+fn man_page() -> std::io::Result<()> {
+    let command = <Cli as clap::CommandFactory>::command();
+    let mut out = std::io::stdout().lock();
+    clap_mangen::Man::new(command.clone()).render(&mut out)?;
+    render_subcommands(&command, "latchkey", &mut out)
+}
+
+fn render_subcommands(
+    command: &clap::Command,
+    prefix: &str,
+    out: &mut dyn std::io::Write,
+) -> std::io::Result<()> {
+    for sub in command.get_subcommands() {
+        let name = format!("{prefix} {}", sub.get_name());
+        let man = clap_mangen::Man::new(sub.clone().bin_name(name.clone()));
+        man.render_name_section(out)?;
+        man.render_synopsis_section(out)?;
+        man.render_description_section(out)?;
+        man.render_options_section(out)?;
+        render_subcommands(sub, &name, out)?;
+    }
     Ok(())
 }
 

@@ -174,7 +174,7 @@ impl Metrics {
             batch_size: histogram(BATCH_SIZE),
         };
         let lazies = |n: usize| (0..n).map(|_| Lazy::new()).collect::<Vec<_>>();
-        Metrics {
+        let metrics = Metrics {
             enabled,
             recorder,
             handle,
@@ -190,7 +190,25 @@ impl Metrics {
                 .collect(),
             logins: lazies(LOGIN_RESULTS.len()),
             refreshes: lazies(REFRESH_RESULTS.len()),
+        };
+        if enabled {
+            // Every login and refresh series exists from the start, at 0, so
+            // `increase()` sees the first event after a restart.
+            for (counters, results, name) in [
+                (&metrics.logins, LOGIN_RESULTS, LOGINS),
+                (&metrics.refreshes, REFRESH_RESULTS, REFRESHES),
+            ] {
+                for (counter, result) in counters.iter().zip(results) {
+                    counter.get_or_init(|| {
+                        let labels = vec![Label::new("result", *result)];
+                        metrics
+                            .recorder
+                            .register_counter(&Key::from_parts(name, labels), &METADATA)
+                    });
+                }
+            }
         }
+        metrics
     }
 
     /// The histograms for the hashing pool and the writer, when enabled.
@@ -270,8 +288,12 @@ impl Metrics {
     }
 
     /// The exposition text, with the gauges read now.
-    pub fn render(&self, sessions: u64, hash_queue: usize) -> String {
-        self.sessions.set(sessions as f64);
+    /// `sessions` is `None` when it could not be counted (the gauge keeps
+    /// its last value).
+    pub fn render(&self, sessions: Option<u64>, hash_queue: usize) -> String {
+        if let Some(sessions) = sessions {
+            self.sessions.set(sessions as f64);
+        }
         self.hash_queue.set(hash_queue as f64);
         self.handle.run_upkeep();
         self.handle.render()

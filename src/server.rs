@@ -41,6 +41,9 @@ use crate::error::Error;
 /// 431. Also the size hyper's read buffer may grow to, per connection.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 
+/// Most open connections to the metrics listener.
+const METRICS_CONNECTIONS: usize = 16;
+
 /// One open connection, as the cap sees it.
 struct Tracked {
     requests_in_progress: Arc<AtomicUsize>,
@@ -107,7 +110,7 @@ impl Drop for InProgress {
 
 /// Turns a panic while polling `inner` into `Err(())`: a bug in one request
 /// costs that request a 500, not the connection or the process.
-struct CatchPanic<F>(Pin<Box<F>>);
+pub(crate) struct CatchPanic<F>(pub(crate) Pin<Box<F>>);
 
 impl<F: Future> Future for CatchPanic<F> {
     type Output = Result<F::Output, ()>;
@@ -216,6 +219,9 @@ pub async fn serve_metrics(listener: TcpListener, app: Arc<App>) {
         }
     }
     let _upkeep = AbortOnDrop(upkeep);
+    // A scraper needs one connection; a few spare, and no more, so the
+    // metrics port cannot use up the file descriptors the public one needs.
+    let slots = Arc::new(tokio::sync::Semaphore::new(METRICS_CONNECTIONS));
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -226,6 +232,9 @@ pub async fn serve_metrics(listener: TcpListener, app: Arc<App>) {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            continue; // dropped: closed at once
+        };
         let app = Arc::clone(&app);
         let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
             let app = Arc::clone(&app);
@@ -233,7 +242,7 @@ pub async fn serve_metrics(listener: TcpListener, app: Arc<App>) {
                 let response = if request.method() == hyper::Method::GET
                     && request.uri().path() == "/metrics"
                 {
-                    let sessions = app.auth.store().count_sessions().await.unwrap_or(0);
+                    let sessions = app.auth.store().count_sessions().await.ok();
                     let depth = app.auth.passwords().queue_depth();
                     let mut response = hyper::Response::new(http_body_util::Full::new(
                         bytes::Bytes::from(app.metrics.render(sessions, depth)),
@@ -252,6 +261,7 @@ pub async fn serve_metrics(listener: TcpListener, app: Arc<App>) {
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         tokio::spawn(async move {
             let _ = connection.await;
+            drop(slot);
         });
     }
 }

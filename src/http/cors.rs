@@ -20,7 +20,11 @@ pub fn allowed_origin(allowed: &[String], headers: &hyper::HeaderMap) -> Option<
     }
     let origin = headers.get(header::ORIGIN)?;
     let text = origin.to_str().ok()?;
-    allowed.iter().any(|a| a == text).then(|| origin.clone())
+    // Scheme and host are case-insensitive; the configured ones are lowercase.
+    allowed
+        .iter()
+        .any(|a| a.eq_ignore_ascii_case(text))
+        .then(|| origin.clone())
 }
 
 /// The answer to a preflight `OPTIONS` from an allowed origin.

@@ -46,12 +46,22 @@ pub async fn handle(app: Arc<App>, request: Request<Incoming>, peer: SocketAddr)
     let cors_origin = cors::allowed_origin(&app.config.cors_origins, request.headers());
     let mut response = match (&cors_origin, request.method()) {
         (Some(_), &Method::OPTIONS) => cors::preflight(),
-        _ => route(&app, request, peer)
+        // A panic in a handler is a 500 like any other answer: counted,
+        // logged, with its request id and CORS headers.
+        _ => crate::server::CatchPanic(Box::pin(route(&app, request, peer)))
             .await
+            .unwrap_or_else(|()| {
+                Err(crate::error::Error::Internal("a request handler panicked".into()).into())
+            })
             .unwrap_or_else(|error| error_response(&error)),
     };
     if let Some(origin) = cors_origin {
         cors::add_headers(&mut response, origin);
+    } else if !app.config.cors_origins.is_empty() {
+        // The answer depends on the origin: caches must keep them apart.
+        response
+            .headers_mut()
+            .append(header::VARY, HeaderValue::from_static("Origin"));
     }
     if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(request_id.clone())) {
         response.headers_mut().insert(REQUEST_ID, value);

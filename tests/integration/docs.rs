@@ -109,4 +109,13 @@ fn completions_and_the_man_page_are_generated() {
     assert!(man.status.success());
     let page = String::from_utf8_lossy(&man.stdout);
     assert!(page.contains(".TH latchkey") && page.contains("serve"));
+    // Every subcommand's flags, not only the global ones.
+    for flag in [
+        "metrics\\-bind",
+        "registration\\-limit",
+        "skip\\-invalid",
+        "populate",
+    ] {
+        assert!(page.contains(flag), "{flag} missing from the man page");
+    }
 }

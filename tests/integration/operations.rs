@@ -82,6 +82,28 @@ async fn readyz_says_why_writes_fail() {
     server.app.space.set_reserve(0);
     let answer = server.client.send(Method::GET, "/readyz", &[], "").await;
     assert_eq!(answer.status, StatusCode::OK);
+    // A write that fails at the file: not ready until the file takes writes.
+    server.app.hooks.set_fail_writes(true);
+    let login = json!({ "email": "ana@example.com", "password": PASSWORD });
+    server
+        .client
+        .post_json("/auth/login", &login)
+        .await
+        .assert_error(503, "unavailable");
+    let answer = server.client.send(Method::GET, "/readyz", &[], "").await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(answer.body, json!({ "status": "failing" }));
+    server.app.hooks.set_fail_writes(false);
+    let mut ready = false;
+    for _ in 0..50 {
+        let answer = server.client.send(Method::GET, "/readyz", &[], "").await;
+        if answer.status == StatusCode::OK {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "ready again once the file takes writes");
 }
 
 /// A whole session with debug logging, as JSON lines: one line per request
@@ -386,6 +408,15 @@ async fn cors_headers_only_for_listed_origins() {
         answer.headers["access-control-allow-origin"],
         "https://app.example.com"
     );
+    assert_eq!(answer.headers["vary"], "Origin");
+    let exposed = answer.headers["access-control-expose-headers"]
+        .to_str()
+        .unwrap();
+    assert!(exposed.contains("X-Request-Id") && exposed.contains("Retry-After"));
+    // Scheme and host compare case-insensitively.
+    let upper = [("origin", "HTTPS://APP.example.com")];
+    let answer = client.send(Method::GET, "/healthz", &upper, "").await;
+    assert!(answer.headers.contains_key("access-control-allow-origin"));
     assert!(answer
         .headers
         .get("access-control-allow-credentials")
@@ -416,6 +447,10 @@ async fn cors_headers_only_for_listed_origins() {
     let other = [("origin", "https://evil.example.com")];
     let answer = client.send(Method::GET, "/healthz", &other, "").await;
     assert!(answer.headers.get("access-control-allow-origin").is_none());
+    assert_eq!(
+        answer.headers["vary"], "Origin",
+        "caches keep origins apart"
+    );
     let preflight = client
         .send(Method::OPTIONS, "/auth/login", &other, "")
         .await;
@@ -476,7 +511,7 @@ const out = document.getElementById("out");
     tokens = await r.json();
     r = await fetch(api + "/auth/profile", {{ headers: {{ authorization: "Bearer " + tokens.accessToken }} }});
     const body = await r.json();
-    out.textContent = "RESULT OK " + r.status + " " + body.profile.email + " id=" + r.headers.get("x-request-id");
+    out.textContent = "RESULT OK " + r.status + " " + body.profile.email + " id=" + r.headers.get("x-request-id") + " end";
   }} catch (e) {{
     out.textContent = "RESULT FAILED " + e.name;
   }}
@@ -523,21 +558,30 @@ async fn a_browser_app_on_a_listed_origin_logs_in_and_another_origin_cannot() {
     let seed = format!("ana@example.com:2:Ana:{PASSWORD}");
     let port = api.rsplit(':').next().unwrap().to_string();
     let db = data.join("latchkey.redb");
-    let mut child = std::process::Command::new(binary())
-        .args(["serve", "--port", &port, "--data"])
-        .arg(&db)
-        .args(CHEAP_ARGON2_FLAGS)
-        .args([
-            "--secret",
-            SECRET,
-            "--seed-user",
-            &seed,
-            "--cors-origin",
-            &allowed,
-        ])
-        .env("LATCHKEY_LOG", "warn")
-        .spawn()
-        .unwrap();
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = KillOnDrop(
+        std::process::Command::new(binary())
+            .args(["serve", "--port", &port, "--data"])
+            .arg(&db)
+            .args(CHEAP_ARGON2_FLAGS)
+            .args([
+                "--secret",
+                SECRET,
+                "--seed-user",
+                &seed,
+                "--cors-origin",
+                &allowed,
+            ])
+            .env("LATCHKEY_LOG", "warn")
+            .spawn()
+            .unwrap(),
+    );
     let client = HttpClient::new(&api);
     let mut up = false;
     for _ in 0..100 {
@@ -556,9 +600,15 @@ async fn a_browser_app_on_a_listed_origin_logs_in_and_another_origin_cannot() {
     let dom = tokio::task::spawn_blocking(move || chromium_dom(&allowed))
         .await
         .unwrap();
+    // The request id is readable by the script (an exposed header): 16 hex digits.
+    let id = dom
+        .split("RESULT OK 200 ana@example.com id=")
+        .nth(1)
+        .and_then(|rest| rest.split(" end").next())
+        .unwrap_or_else(|| panic!("allowed origin: {dom}"));
     assert!(
-        dom.contains("RESULT OK 200 ana@example.com id="),
-        "allowed origin: {dom}"
+        id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "request id {id:?}"
     );
     let dom = tokio::task::spawn_blocking(move || chromium_dom(&other))
         .await
@@ -567,6 +617,4 @@ async fn a_browser_app_on_a_listed_origin_logs_in_and_another_origin_cannot() {
         dom.contains("RESULT FAILED TypeError"),
         "other origin: {dom}"
     );
-    let _ = child.kill();
-    let _ = child.wait();
 }
