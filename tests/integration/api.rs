@@ -316,17 +316,23 @@ async fn grace_window_returns_the_identical_token_then_ancestors_are_reuse() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grace_window_closes_after_its_duration_from_the_first_rotation() {
-    let server = TestServer::start_with(|c| {
-        c.lifetimes.reuse_grace = std::time::Duration::from_millis(1500)
-    })
-    .await;
+    // Long enough that a loaded test machine still replays inside it; the
+    // assertions go by the time that really passed.
+    let grace = std::time::Duration::from_millis(3000);
+    let server = TestServer::start_with(|c| c.lifetimes.reuse_grace = grace).await;
     let first = server.login("ana@example.com", None).await;
     let second = Tokens::from_body(&server.client.refresh(&first.refresh).await.body);
-    tokio::time::sleep(std::time::Duration::from_millis(900)).await;
+    let rotated = std::time::Instant::now();
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
     let replay = server.client.refresh(&first.refresh).await;
+    assert!(rotated.elapsed() < grace, "the machine stalled for seconds");
     assert_eq!(Tokens::from_body(&replay.body).refresh, second.refresh);
-    // The replay did not restart the window: 900 + 900 ms > 1.5 s after the rotation.
-    tokio::time::sleep(std::time::Duration::from_millis(900)).await;
+    // The replay did not restart the window: once it has passed since the
+    // rotation (not since the replay), the old token is reuse.
+    tokio::time::sleep(
+        (grace + std::time::Duration::from_millis(100)).saturating_sub(rotated.elapsed()),
+    )
+    .await;
     server
         .client
         .refresh(&first.refresh)
