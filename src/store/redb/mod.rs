@@ -598,7 +598,7 @@ impl Store for RedbStore {
 
     async fn import_users(&self, users: Vec<NewUser>) -> StoreResult<Import> {
         self.write(move |txn| {
-            let mut emails = txn.open_table(USER_EMAILS).map_err(backend)?;
+            let emails = txn.open_table(USER_EMAILS).map_err(backend)?;
             let mut seen = std::collections::HashSet::new();
             for (index, user) in users.iter().enumerate() {
                 let taken = emails.get(user.email.as_str()).map_err(backend)?.is_some();
@@ -606,23 +606,8 @@ impl Store for RedbStore {
                     return Ok(Import::EmailTaken(index));
                 }
             }
-            let mut meta = txn.open_table(META).map_err(backend)?;
-            let mut table = txn.open_table(USERS).map_err(backend)?;
-            let mut next = meta
-                .get(NEXT_USER_ID)
-                .map_err(backend)?
-                .map_or(1, |v| v.value());
-            let count = users.len();
-            for new in users {
-                let user = new.into_user(next);
-                emails.insert(user.email.as_str(), next).map_err(backend)?;
-                table
-                    .insert(next, encode_user(&user).as_slice())
-                    .map_err(backend)?;
-                next += 1;
-            }
-            meta.insert(NEXT_USER_ID, next).map_err(backend)?;
-            Ok(Import::Imported(count))
+            drop(emails);
+            Ok(Import::Imported(bulk::insert_users(txn, users)?.len()))
         })
         .await
     }
