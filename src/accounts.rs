@@ -51,6 +51,15 @@ pub fn check_password(password: &Password) -> Result<(), Error> {
         .map_err(|why| Error::InvalidRequest(why.replace("the password", "password")))
 }
 
+/// The user a [`Store::update_user`] left, or why there is none.
+pub fn updated_user(update: UserUpdate) -> Result<User, Error> {
+    match update {
+        UserUpdate::Updated(user) => Ok(user),
+        UserUpdate::NotFound => Err(Error::UserNotFound),
+        UserUpdate::EmailTaken => Err(Error::EmailTaken),
+    }
+}
+
 /// How a new or imported account gets its password.
 pub enum Credential {
     Password(Password),
@@ -249,11 +258,7 @@ impl Accounts {
                 RevokeSessions::None
             },
         };
-        match self.store.update_user(id, change).await? {
-            UserUpdate::Updated(user) => Ok(user),
-            UserUpdate::NotFound => Err(Error::UserNotFound),
-            UserUpdate::EmailTaken => Err(Error::EmailTaken),
-        }
+        updated_user(self.store.update_user(id, change).await?)
     }
 
     /// Deletes a user and their sessions.

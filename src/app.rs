@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::accounts::{Credential, NewAccount};
 use crate::auth::{Auth, AuthPolicy};
 use crate::clock::Clock;
 use crate::config::ServeConfig;
@@ -79,15 +80,19 @@ impl App {
             Clock::default(),
         );
         for seed in &config.seed_users {
-            let password = Password::new(seed.password.clone());
-            match auth
-                .add_user(&seed.email, &seed.name, seed.role_id, password)
-                .await?
-            {
-                Some(user) => tracing::info!(user_id = user.id, email = %user.email, "seeded user"),
-                None => {
+            let account = NewAccount {
+                email: seed.email.clone(),
+                name: seed.name.clone(),
+                role_id: seed.role_id,
+                credential: Credential::Password(Password::new(seed.password.clone())),
+                disabled: false,
+            };
+            match auth.accounts().create(account).await {
+                Ok(user) => tracing::info!(user_id = user.id, email = %user.email, "seeded user"),
+                Err(Error::EmailTaken) => {
                     tracing::info!(email = %seed.email, "seed user already exists; left unchanged")
                 }
+                Err(e) => return Err(e.into()),
             }
         }
         let mut prefix = [0u8; 4];

@@ -1,4 +1,4 @@
-//! The use cases: login, refresh, profile, logout, and adding users.
+//! The use cases: login, refresh, profile, logout, sign-up and self-service.
 //!
 //! No HTTP here: inputs are already-parsed values, outputs are domain values
 //! or [`Error`]. Time comes from the process [`Clock`], read where each
@@ -8,17 +8,18 @@
 use std::sync::Arc;
 
 use crate::accounts::{
-    check_email, check_name, check_password as check_new_password, Accounts, SessionInfo,
+    check_email, check_name, check_password as check_new_password, updated_user, Accounts,
+    SessionInfo,
 };
 use crate::clock::Clock;
 use crate::config::{Lifetimes, TypeRoles};
 use crate::credentials::{normalize_email, MAX_PASSWORD_BYTES};
 use crate::error::Error;
 use crate::passwords::{Password, Passwords};
-use crate::session::{Millis, RefreshDecision, RotationPolicy, Session, SessionId, TokenId};
+use crate::session::{RefreshDecision, RotationPolicy, Session, SessionId, TokenId};
 use crate::store::{
     GlobalLogout, LogoutScope, NewSession, NewUser, RefreshOutcome, RevokeSessions, Store, User,
-    UserChange, UserUpdate,
+    UserChange,
 };
 use crate::throttle::{SignupLimit, Throttle, ThrottlePolicy};
 use crate::tokens::{Profile, TokenKeys, TokenType};
@@ -108,6 +109,14 @@ pub struct Auth {
     accounts: Accounts,
 }
 
+/// A refusal of the throttle or a sign-up limit, in whole seconds (at
+/// least one, so a client never retries at once).
+fn rate_limited(blocked: crate::throttle::Blocked) -> Error {
+    Error::RateLimited {
+        retry_after_secs: blocked.retry_after.as_secs_f64().ceil().max(1.0) as u64,
+    }
+}
+
 fn profile_of(user: &User) -> Profile {
     Profile {
         id: user.id.to_string(),
@@ -190,9 +199,7 @@ impl Auth {
         if let Some(address) = sign_up.client_address {
             limit
                 .take(address, std::time::Instant::now())
-                .map_err(|blocked| Error::RateLimited {
-                    retry_after_secs: blocked.retry_after.as_secs_f64().ceil().max(1.0) as u64,
-                })?;
+                .map_err(rate_limited)?;
         }
         if self.store.user_by_email(&email).await?.is_some() {
             return Err(Error::EmailTaken);
@@ -254,9 +261,7 @@ impl Auth {
         if change.email.is_some() {
             self.email_changes
                 .take_for_user(caller.user_id, std::time::Instant::now())
-                .map_err(|blocked| Error::RateLimited {
-                    retry_after_secs: blocked.retry_after.as_secs_f64().ceil().max(1.0) as u64,
-                })?;
+                .map_err(rate_limited)?;
         }
         let change = UserChange {
             email: change.email.as_deref().map(check_email).transpose()?,
@@ -266,11 +271,8 @@ impl Auth {
             disabled: None,
             revoke_sessions: RevokeSessions::None,
         };
-        match self.store.update_user(caller.user_id, change).await? {
-            UserUpdate::Updated(user) => Ok(profile_of(&user)),
-            UserUpdate::NotFound => Err(Error::UserNotFound),
-            UserUpdate::EmailTaken => Err(Error::EmailTaken),
-        }
+        let user = updated_user(self.store.update_user(caller.user_id, change).await?)?;
+        Ok(profile_of(&user))
     }
 
     /// Changes the caller's password after checking the current one (a
@@ -300,17 +302,12 @@ impl Auth {
             disabled: None,
             revoke_sessions: RevokeSessions::AllExcept(caller.session_id),
         };
-        match self.store.update_user(caller.user_id, change).await? {
-            UserUpdate::Updated(_) => {
-                tracing::info!(
-                    user_id = caller.user_id,
-                    "password changed; other sessions revoked"
-                );
-                Ok(())
-            }
-            UserUpdate::NotFound => Err(Error::UserNotFound),
-            UserUpdate::EmailTaken => Err(Error::EmailTaken),
-        }
+        updated_user(self.store.update_user(caller.user_id, change).await?)?;
+        tracing::info!(
+            user_id = caller.user_id,
+            "password changed; other sessions revoked"
+        );
+        Ok(())
     }
 
     /// The caller's live sessions, oldest first, and which is theirs now.
@@ -412,11 +409,12 @@ impl Auth {
         client_address: Option<std::net::IpAddr>,
     ) -> Result<User, Error> {
         let attempt = match &self.throttle {
-            Some(throttle) => Some(throttle.begin(email, client_address).await.map_err(
-                |blocked| Error::RateLimited {
-                    retry_after_secs: blocked.retry_after.as_secs_f64().ceil().max(1.0) as u64,
-                },
-            )?),
+            Some(throttle) => Some(
+                throttle
+                    .begin(email, client_address)
+                    .await
+                    .map_err(rate_limited)?,
+            ),
             None => None,
         };
         let user = self.store.user_by_email(email).await?;
@@ -498,7 +496,7 @@ impl Auth {
                 "session cap reached; revoked the oldest sessions"
             );
         }
-        self.token_pair(user, session_id, &session)
+        self.token_pair(user, session_id, &session, false)
     }
 
     pub async fn refresh(&self, refresh_token: &str) -> Result<TokenPair, Error> {
@@ -528,9 +526,7 @@ impl Auth {
                     .user(verified.user_id)
                     .await?
                     .ok_or(Error::UserNotFound)?;
-                let mut pair = self.token_pair(&user, verified.session_id, &session)?;
-                pair.grace_replay = true;
-                return Ok(pair);
+                return self.token_pair(&user, verified.session_id, &session, true);
             }
             RefreshDecision::Rotated | RefreshDecision::Reused => {}
         }
@@ -553,11 +549,9 @@ impl Auth {
                 session,
                 user,
             } => match decision {
-                RefreshDecision::Rotated => self.token_pair(&user, verified.session_id, &session),
-                RefreshDecision::GraceReplay => {
-                    let mut pair = self.token_pair(&user, verified.session_id, &session)?;
-                    pair.grace_replay = true;
-                    Ok(pair)
+                RefreshDecision::Rotated | RefreshDecision::GraceReplay => {
+                    let replay = decision == RefreshDecision::GraceReplay;
+                    self.token_pair(&user, verified.session_id, &session, replay)
                 }
                 RefreshDecision::Reused => {
                     tracing::warn!(event = "token_reuse", user_id = user.id, session = ?verified.session_id, "refresh token reuse detected; session revoked");
@@ -663,31 +657,14 @@ impl Auth {
         }
     }
 
-    /// Creates a user unless the email is taken; `Ok(None)` when it is.
-    pub async fn add_user(
-        &self,
-        email: &str,
-        name: &str,
-        role_id: i64,
-        password: Password,
-    ) -> Result<Option<User>, Error> {
-        create_user(
-            self.store.as_ref(),
-            &self.passwords,
-            email,
-            name,
-            role_id,
-            password,
-            self.clock.now_millis(),
-        )
-        .await
-    }
-
+    /// The tokens of `session`; `grace_replay` when the refresh token is
+    /// the one an earlier rotation already issued.
     fn token_pair(
         &self,
         user: &User,
         session_id: SessionId,
         session: &Session,
+        grace_replay: bool,
     ) -> Result<TokenPair, Error> {
         let access_ttl = self.lifetimes.access_ttl.as_secs();
         Ok(TokenPair {
@@ -701,7 +678,7 @@ impl Auth {
                 .keys
                 .refresh_token(user.id, session_id, &session.current)?,
             expires_in: access_ttl,
-            grace_replay: false,
+            grace_replay,
         })
     }
 
@@ -726,32 +703,4 @@ impl Auth {
             }
         });
     }
-}
-
-/// Creates a user unless the (normalised) email is taken; `Ok(None)` when it
-/// is. Shared by seeding at start and the `user add` command.
-pub async fn create_user(
-    store: &dyn Store,
-    passwords: &Passwords,
-    email: &str,
-    name: &str,
-    role_id: i64,
-    password: Password,
-    now: Millis,
-) -> Result<Option<User>, Error> {
-    let email = normalize_email(email)
-        .ok_or_else(|| Error::InvalidRequest("email is not a valid email address".into()))?;
-    if store.user_by_email(&email).await?.is_some() {
-        return Ok(None);
-    }
-    let password_hash = passwords.hash(password).await?;
-    let new = NewUser {
-        email,
-        name: name.trim().to_string(),
-        role_id,
-        password_hash,
-        created_at: now,
-        disabled: false,
-    };
-    Ok(store.create_user(new).await?)
 }
