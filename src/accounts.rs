@@ -280,24 +280,20 @@ impl Accounts {
             .collect())
     }
 
-    /// Revokes every session of user `id` but `except`.
-    pub async fn revoke_sessions(
-        &self,
-        id: UserId,
-        except: Option<SessionId>,
-    ) -> Result<usize, Error> {
+    /// Revokes every session of user `id`.
+    pub async fn revoke_sessions(&self, id: UserId) -> Result<usize, Error> {
         self.get(id).await?;
-        Ok(self
-            .store
-            .revoke_sessions_of_user(id, except, self.clock.now_millis())
-            .await?)
+        Ok(self.store.revoke_sessions_of_user(id).await?)
     }
 
-    /// Revokes one live session, whoever it belongs to.
-    pub async fn revoke_session(&self, sid: SessionId) -> Result<(), Error> {
+    /// Revokes one live session: of `owner` if given (a user ending one of
+    /// their own), else of whoever it belongs to (an administrator).
+    pub async fn revoke_session(&self, sid: SessionId, owner: Option<UserId>) -> Result<(), Error> {
         let now = self.clock.now_millis();
         let session = self.store.session(sid).await?;
-        let Some(session) = session.filter(|s| s.is_live(now)) else {
+        let Some(session) =
+            session.filter(|s| s.is_live(now) && owner.is_none_or(|owner| s.user_id == owner))
+        else {
             return Err(Error::SessionNotFound);
         };
         self.store.revoke_session(sid, session.user_id, now).await?;

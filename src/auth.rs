@@ -324,13 +324,7 @@ impl Auth {
 
     /// Revokes one of the caller's live sessions.
     pub async fn revoke_own_session(&self, caller: &Caller, id: SessionId) -> Result<(), Error> {
-        let now = self.clock.now_millis();
-        let session = self.store.session(id).await?;
-        if !session.is_some_and(|s| s.user_id == caller.user_id && s.is_live(now)) {
-            return Err(Error::SessionNotFound);
-        }
-        self.store.revoke_session(id, caller.user_id, now).await?;
-        Ok(())
+        self.accounts.revoke_session(id, Some(caller.user_id)).await
     }
 
     pub fn passwords(&self) -> &Passwords {

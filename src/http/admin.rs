@@ -163,11 +163,11 @@ async fn dispatch(
             json_response(StatusCode::OK, &json!({ "sessions": sessions }))
         }
         (&Method::DELETE, ["users", id, "sessions"]) => {
-            accounts.revoke_sessions(user_id(id)?, None).await?;
+            accounts.revoke_sessions(user_id(id)?).await?;
             empty_response(StatusCode::NO_CONTENT)
         }
         (&Method::DELETE, ["sessions", sid]) => {
-            accounts.revoke_session(session_id(sid)?).await?;
+            accounts.revoke_session(session_id(sid)?, None).await?;
             empty_response(StatusCode::NO_CONTENT)
         }
         (&Method::POST, ["backup"]) if channel == Channel::Local => {

@@ -251,13 +251,8 @@ pub trait Store: Send + Sync + 'static {
     async fn import_users(&self, users: Vec<NewUser>) -> StoreResult<Import>;
     /// Every stored session of user `id` (live or not), oldest first.
     async fn sessions_of_user(&self, id: UserId) -> StoreResult<Vec<(SessionId, Session)>>;
-    /// Revokes every live session of user `id` but `except`; returns how many.
-    async fn revoke_sessions_of_user(
-        &self,
-        id: UserId,
-        except: Option<SessionId>,
-        now: Millis,
-    ) -> StoreResult<usize>;
+    /// Revokes every session of user `id` not revoked yet; returns how many.
+    async fn revoke_sessions_of_user(&self, id: UserId) -> StoreResult<usize>;
     /// Writes a consistent copy of the whole database to `target` (a new
     /// file), usable as a database of its own, while the store serves.
     async fn backup(&self, target: &std::path::Path) -> StoreResult<()>;

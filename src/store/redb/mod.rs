@@ -630,17 +630,9 @@ impl Store for RedbStore {
         .await
     }
 
-    async fn revoke_sessions_of_user(
-        &self,
-        id: UserId,
-        except: Option<SessionId>,
-        now: Millis,
-    ) -> StoreResult<usize> {
-        self.write(move |txn| {
-            let _ = now;
-            revoke_all_sessions(txn, id, except)
-        })
-        .await
+    async fn revoke_sessions_of_user(&self, id: UserId) -> StoreResult<usize> {
+        self.write(move |txn| revoke_all_sessions(txn, id, None))
+            .await
     }
 
     async fn backup(&self, target: &Path) -> StoreResult<()> {
