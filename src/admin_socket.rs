@@ -122,7 +122,7 @@ impl AdminSocket {
                     let answer = match path.strip_prefix("/admin/") {
                         Some(rest) => {
                             serve_admin(
-                                app.auth.accounts(),
+                                &app,
                                 crate::http::admin::Channel::Local,
                                 request,
                                 rest,

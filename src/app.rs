@@ -14,13 +14,19 @@ use crate::passwords::{Password, Passwords};
 use crate::store::redb::{Location, RedbStore};
 use crate::store::space::SpaceGuard;
 use crate::store::Store;
-use crate::tokens::TokenKeys;
+use crate::keys::Keys;
 
 /// Sessions deleted per sweep transaction, so the sweep never holds the writer long.
 const SWEEP_BATCH: usize = 1000;
 
+/// How often the signing keys are checked for changes made elsewhere (by
+/// another instance) and for keys that expired.
+const KEY_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
+
 pub struct App {
     pub auth: Auth,
+    /// The signing keys: the JWKS, rotation, reloads.
+    pub keys: Arc<Keys>,
     pub config: ServeConfig,
     /// The free-space guard of the data file system.
     pub space: Arc<SpaceGuard>,
@@ -71,9 +77,18 @@ impl App {
             max_sessions_per_user: config.max_sessions_per_user,
             registration: config.registration,
         };
+        let keys = Arc::new(
+            Keys::start(
+                Arc::clone(&store),
+                config.signing.clone(),
+                config.lifetimes.access_ttl,
+                Clock::default(),
+            )
+            .await?,
+        );
         let auth = Auth::new(
             store,
-            TokenKeys::new(&config.secret),
+            keys.tokens(),
             passwords,
             policy,
             throttle,
@@ -99,6 +114,7 @@ impl App {
         getrandom::fill(&mut prefix).map_err(|e| format!("no randomness available: {e}"))?;
         Ok(Arc::new(App {
             auth,
+            keys,
             config,
             space,
             metrics,
@@ -146,6 +162,13 @@ impl App {
                 return Ok(total);
             }
         }
+    }
+
+    /// Keeps the signing keys in step with the store, forever.
+    pub async fn run_key_reloader(self: Arc<Self>) {
+        Arc::clone(&self.keys)
+            .run_reloader(KEY_RELOAD_INTERVAL)
+            .await
     }
 
     /// Runs [`App::sweep_expired_sessions`] every `interval`, forever.

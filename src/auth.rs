@@ -94,7 +94,7 @@ pub struct ProfileChange {
 
 pub struct Auth {
     store: Arc<dyn Store>,
-    keys: TokenKeys,
+    keys: Arc<TokenKeys>,
     passwords: Arc<Passwords>,
     lifetimes: Lifetimes,
     type_roles: TypeRoles,
@@ -129,7 +129,7 @@ fn profile_of(user: &User) -> Profile {
 impl Auth {
     pub fn new(
         store: Arc<dyn Store>,
-        keys: TokenKeys,
+        keys: Arc<TokenKeys>,
         passwords: Passwords,
         policy: AuthPolicy,
         throttle: Option<Throttle>,

@@ -93,6 +93,10 @@ pub enum Command {
     /// List and revoke sessions (like `user`, with or without a server).
     #[command(subcommand)]
     Session(SessionCommand),
+    /// List and rotate the signing keys of access tokens (like `user`, with
+    /// or without a server).
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Write a consistent copy of the database to a new file (through the
     /// admin socket while the server runs).
     Backup {
@@ -217,6 +221,57 @@ pub struct SecretArgs {
     pub insecure_secret_file: bool,
 }
 
+/// The JWS algorithm of access tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[allow(clippy::upper_case_acronyms)]
+pub enum SigningAlgArg {
+    /// HMAC-SHA256 with the secret: verifiers need the secret.
+    #[value(name = "HS256")]
+    HS256,
+    /// Ed25519: small and fast; recommended for new deployments.
+    #[value(name = "EdDSA")]
+    EdDSA,
+    /// ECDSA on P-256 with SHA-256.
+    #[value(name = "ES256")]
+    ES256,
+    /// RSA PKCS#1 v1.5 with SHA-256 (2048-bit keys): for verifiers that know nothing else.
+    #[value(name = "RS256")]
+    RS256,
+}
+
+/// How tokens are signed and what they claim.
+#[derive(Debug, Args, Clone)]
+pub struct SigningArgs {
+    /// Algorithm of access tokens. Refresh tokens are always HS256 with the
+    /// secret (only latchkey verifies them). EdDSA, ES256 and RS256 keys are
+    /// published at /.well-known/jwks.json.
+    #[arg(long, env = "LATCHKEY_SIGNING_ALG", value_enum, ignore_case = true, default_value_t = SigningAlgArg::HS256)]
+    pub signing_alg: SigningAlgArg,
+
+    /// PKCS#8 PEM private key for EdDSA, ES256 or RS256, instead of a key
+    /// latchkey generates and keeps in the database.
+    #[arg(long, env = "LATCHKEY_SIGNING_KEY_FILE")]
+    pub signing_key_file: Option<PathBuf>,
+
+    /// An earlier HS256 secret whose tokens still verify (repeatable), for
+    /// changing --secret without logging anyone out.
+    #[arg(long, env = "LATCHKEY_PREVIOUS_SECRET", hide_env_values = true)]
+    pub previous_secret: Vec<String>,
+
+    /// File holding an earlier HS256 secret (repeatable); like --previous-secret.
+    #[arg(long, env = "LATCHKEY_PREVIOUS_SECRET_FILE")]
+    pub previous_secret_file: Vec<PathBuf>,
+
+    /// Issuer URL: added to access tokens as `iss`, and required of them.
+    #[arg(long, env = "LATCHKEY_ISSUER")]
+    pub issuer: Option<String>,
+
+    /// Audience added to access tokens as `aud` (repeatable); a token must
+    /// name one of them.
+    #[arg(long, env = "LATCHKEY_AUDIENCE", value_delimiter = ',')]
+    pub audience: Vec<String>,
+}
+
 #[derive(Debug, Args, Clone)]
 pub struct ServeArgs {
     /// TCP port to listen on (0 picks a free one).
@@ -229,6 +284,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub secret: SecretArgs,
+
+    #[command(flatten)]
+    pub signing: SigningArgs,
 
     /// Lifetime of an access token (`30s`, `15m`, `1h`, `7d`).
     #[arg(long, env = "LATCHKEY_ACCESS_TTL", default_value = "1h")]
@@ -439,6 +497,26 @@ pub enum UserCommand {
     },
     /// Write every user as JSON Lines (with `password_hash`) to stdout.
     Export,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// List the signing keys: kid, algorithm, state (next, current,
+    /// previous), when each was created and when it stops being published.
+    List {
+        /// Print one JSON object per line instead of a table.
+        #[arg(long, env = "LATCHKEY_JSON")]
+        json: bool,
+    },
+    /// Create the next signing key: published in the JWKS at once, signing
+    /// after the JWKS cache lifetime (300 s), so verifiers have it first.
+    /// The old key keeps verifying until its tokens have expired.
+    Rotate {
+        /// Sign with the new key at once (or with the key published ahead
+        /// by an earlier `keys rotate`).
+        #[arg(long)]
+        now: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,4 +1,4 @@
-//! The account commands (`user …`, `session …`, `backup`): the same
+//! The account commands (`user …`, `session …`, `keys …`, `backup`): the same
 //! admin API requests, sent through the admin socket while a server runs,
 //! or answered in this process from the database file when none does. Both
 //! ways run the same routes ([`crate::http::admin`]), so output, exit codes
@@ -16,12 +16,14 @@ use serde_json::{json, Value};
 use tokio::net::UnixStream;
 
 use crate::accounts::Accounts;
-use crate::cli::{CommonArgs, SessionCommand, UserCommand};
+use crate::cli::{CommonArgs, KeysCommand, SessionCommand, UserCommand};
 use crate::clock::Clock;
 use crate::config::{self, Argon2Costs};
 use crate::http::{admin, error_response};
+use crate::keys::KeyAdmin;
 use crate::passwords::{Password, Passwords};
 use crate::store::redb::RedbStore;
+use crate::store::Store;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -30,7 +32,7 @@ enum Target {
     /// A running server's admin socket.
     Socket(std::path::PathBuf),
     /// No server: the database file, opened here.
-    Local(Accounts),
+    Local { accounts: Accounts, keys: KeyAdmin },
 }
 
 /// An admin API answer.
@@ -65,12 +67,15 @@ impl Target {
             return Ok(Target::Socket(socket));
         }
         let (store, _) = RedbStore::open_at(&config::store_location(common)).await?;
+        let store: Arc<dyn Store> = Arc::new(store);
         let passwords = Passwords::new(Argon2Costs::from_args(common)?, 1, 1)?;
-        Ok(Target::Local(Accounts::new(
-            Arc::new(store),
-            Arc::new(passwords),
-            Clock::default(),
-        )))
+        Ok(Target::Local {
+            accounts: Accounts::new(Arc::clone(&store), Arc::new(passwords), Clock::default()),
+            keys: KeyAdmin::Offline {
+                store,
+                clock: Clock::default(),
+            },
+        })
     }
 
     /// Sends `method path_and_query` (under `/admin/`) with an optional JSON body.
@@ -99,7 +104,7 @@ impl Target {
                 let body = response.into_body().collect().await?.to_bytes();
                 Ok(Answer { status, body })
             }
-            Target::Local(accounts) => {
+            Target::Local { accounts, keys } => {
                 // The same limit as on the socket, so both answer alike.
                 if bytes.len() > crate::http::MAX_ADMIN_BODY_BYTES {
                     let response = error_response(&crate::http::HttpError::PayloadTooLarge);
@@ -110,8 +115,9 @@ impl Target {
                     Some((path, query)) => (path, Some(query)),
                     None => (path, None),
                 };
+                let target = admin::Target { accounts, keys };
                 let response =
-                    admin::route(accounts, admin::Channel::Local, &method, path, query, bytes)
+                    admin::route(&target, admin::Channel::Local, &method, path, query, bytes)
                         .await
                         .unwrap_or_else(|error| error_response(&error));
                 let status = response.status().as_u16();
@@ -377,6 +383,54 @@ pub async fn session_command(common: &CommonArgs, command: SessionCommand) -> Re
             );
         }
         SessionCommand::Revoke { .. } => return Err("give --id or --email".into()),
+    }
+    Ok(())
+}
+
+pub async fn keys_command(common: &CommonArgs, command: KeysCommand) -> Result<(), BoxError> {
+    let target = Target::open(common).await?;
+    let (answer, as_json) = match command {
+        KeysCommand::List { json } => (target.call(Method::GET, "keys", None).await?, json),
+        KeysCommand::Rotate { now } => {
+            let body = json!({ "now": now });
+            (target.call(Method::POST, "keys/rotate", Some(body)).await?, false)
+        }
+    };
+    let keys = ok(answer)?.json();
+    if !as_json {
+        println!(
+            "{:<44} {:<6} {:<9} {:<21} {:<21} PUBLISHED UNTIL",
+            "KID", "ALG", "STATE", "CREATED", "SIGNS FROM"
+        );
+    }
+    let time = |value: &Value| {
+        value.as_u64().map_or_else(
+            || "-".to_string(),
+            |millis| {
+                let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(millis);
+                humantime::format_rfc3339_seconds(at).to_string()
+            },
+        )
+    };
+    for key in keys["keys"].as_array().into_iter().flatten() {
+        if as_json {
+            println!("{key}");
+        } else {
+            let published_until = if key["published"] == Value::Bool(false) {
+                "(not published)".to_string()
+            } else {
+                time(&key["publishedUntil"])
+            };
+            println!(
+                "{:<44} {:<6} {:<9} {:<21} {:<21} {}",
+                key["kid"].as_str().unwrap_or_default(),
+                key["alg"].as_str().unwrap_or_default(),
+                key["state"].as_str().unwrap_or_default(),
+                time(&key["createdAt"]),
+                time(&key["signsFrom"]),
+                published_until
+            );
+        }
     }
     Ok(())
 }

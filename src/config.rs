@@ -18,7 +18,8 @@ use std::time::Duration;
 use crate::cli::{CommonArgs, ServeArgs};
 use crate::credentials::{check_new_password, normalize_email};
 use crate::http::client_address::Cidr;
-use crate::secrets::{refuse_if_readable_by_others, resolve_secret, Secret};
+use crate::keys::{KeyFile, SigningAlg, SigningConfig};
+use crate::secrets::{refuse_if_readable_by_others, resolve_previous_secrets, resolve_secret, Secret};
 use crate::throttle::ThrottlePolicy;
 
 /// A configuration problem, reported at start-up.
@@ -222,7 +223,8 @@ pub struct ServeConfig {
     pub cache_bytes: usize,
     /// Free space to keep on the data file system, in bytes.
     pub min_free_bytes: u64,
-    pub secret: Secret,
+    /// The secret, the signing algorithm and keys, issuer and audiences.
+    pub signing: SigningConfig,
     pub lifetimes: Lifetimes,
     pub type_roles: TypeRoles,
     pub argon2: Argon2Costs,
@@ -271,7 +273,7 @@ impl ServeConfig {
                 .map(|n| n.get())
                 .unwrap_or(2),
         };
-        let secret = resolve_secret(&common.data, &args.secret)?;
+        let signing = signing_config(common, args)?;
         let throttle = throttle_policy(args)?;
         let header_timeout = parse_duration(&args.header_timeout)?;
         let body_timeout = parse_duration(&args.body_timeout)?;
@@ -287,7 +289,7 @@ impl ServeConfig {
             data: common.data.clone(),
             cache_bytes: store_location(common).cache_bytes,
             min_free_bytes: store_location(common).min_free_bytes,
-            secret,
+            signing,
             lifetimes,
             type_roles: TypeRoles::parse(&args.type_role)?,
             argon2: Argon2Costs::from_args(common)?,
@@ -491,4 +493,64 @@ mod tests {
         assert!(parse_seed_user("ana@example.com:x:Ana:password1").is_err());
         assert!(parse_seed_user("ana@example.com:2:Ana:short").is_err());
     }
+}
+
+/// The signing configuration: secret, previous secrets, algorithm, key
+/// file, issuer and audiences.
+fn signing_config(common: &CommonArgs, args: &ServeArgs) -> Result<SigningConfig, ConfigError> {
+    use crate::cli::SigningAlgArg;
+    let signing = &args.signing;
+    let insecure = args.secret.insecure_secret_file;
+    let alg = match signing.signing_alg {
+        SigningAlgArg::HS256 => SigningAlg::HS256,
+        SigningAlgArg::EdDSA => SigningAlg::EdDSA,
+        SigningAlgArg::ES256 => SigningAlg::ES256,
+        SigningAlgArg::RS256 => SigningAlg::RS256,
+    };
+    let key_file = match &signing.signing_key_file {
+        None => None,
+        Some(_) if alg == SigningAlg::HS256 => {
+            return err(
+                "--signing-key-file needs --signing-alg EdDSA, ES256 or RS256 (HS256 signs with the secret)",
+            )
+        }
+        Some(path) => {
+            refuse_if_readable_by_others(path, "--signing-key-file", insecure)?;
+            let pem = std::fs::read(path).map_err(|e| {
+                ConfigError(format!("cannot read --signing-key-file {}: {e}", path.display()))
+            })?;
+            let file = KeyFile::parse(&pem).map_err(|e| {
+                ConfigError(format!("--signing-key-file {}: {e}", path.display()))
+            })?;
+            if file.alg != alg {
+                return err(&format!(
+                    "--signing-key-file holds a {} key, but --signing-alg is {}",
+                    file.alg.as_str(),
+                    alg.as_str()
+                ));
+            }
+            Some(file)
+        }
+    };
+    let issuer = match signing.issuer.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(url) if url.starts_with("https://") || url.starts_with("http://") => {
+            Some(url.to_string())
+        }
+        Some(_) => return err("--issuer must be an http:// or https:// URL"),
+    };
+    let audiences: Vec<String> = signing
+        .audience
+        .iter()
+        .map(|a| a.trim().to_string())
+        .filter(|a| !a.is_empty())
+        .collect();
+    Ok(SigningConfig {
+        alg,
+        secret: resolve_secret(&common.data, &args.secret)?,
+        previous_secrets: resolve_previous_secrets(signing, insecure)?,
+        key_file,
+        issuer,
+        audiences,
+    })
 }

@@ -39,6 +39,8 @@ pub enum Error {
     },
     /// Too many password hashes are running or waiting; retry shortly.
     Overloaded,
+    /// `keys rotate` does not apply to the key set as it is; the text says why.
+    CannotRotate(String),
     /// The database cannot serve the request right now.
     Unavailable(StoreError),
     /// A bug or an unexpected failure; the cause is logged, not sent.
@@ -77,6 +79,7 @@ impl fmt::Display for Error {
                 write!(f, "rate limited for {retry_after_secs} s")
             }
             Error::Overloaded => f.write_str("password hashing overloaded"),
+            Error::CannotRotate(why) => write!(f, "cannot rotate: {why}"),
             Error::Unavailable(cause) => write!(f, "unavailable: {cause}"),
             Error::Internal(cause) => write!(f, "internal: {cause}"),
         }

@@ -1,6 +1,6 @@
 //! latchkey: a self-hosted auth token server.
 //!
-//! Users log in with email and password and receive a short-lived HS256 access
+//! Users log in with email and password and receive a short-lived signed access
 //! token and a rotating refresh token. Every refresh token belongs to a
 //! session (a token family); presenting a token that was already rotated
 //! revokes the whole family. Users and sessions live in one embedded redb file.
@@ -22,6 +22,7 @@ pub mod config;
 pub mod credentials;
 pub mod error;
 pub mod http;
+pub mod keys;
 pub mod metrics;
 pub mod passwords;
 pub mod secrets;

@@ -31,6 +31,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve(&cli.common, &args).await,
             Command::User(command) => commands::user_command(&cli.common, command).await,
             Command::Session(command) => commands::session_command(&cli.common, command).await,
+            Command::Keys(command) => commands::keys_command(&cli.common, command).await,
             Command::Backup { out } => commands::backup(&cli.common, &out).await,
             Command::Bench(args) if args.populate => {
                 latchkey::bench::populate(&cli.common, &args).await

@@ -119,6 +119,23 @@ pub fn resolve_secret(data: &Path, args: &crate::cli::SecretArgs) -> Result<Secr
     }
 }
 
+/// The earlier secrets of `--previous-secret` and `--previous-secret-file`,
+/// under the same rules as the secret itself.
+pub fn resolve_previous_secrets(
+    args: &crate::cli::SigningArgs,
+    insecure: bool,
+) -> Result<Vec<Secret>, ConfigError> {
+    let mut secrets = Vec::new();
+    for text in &args.previous_secret {
+        secrets.push(Secret::new(text.as_bytes().to_vec())?);
+    }
+    for path in &args.previous_secret_file {
+        refuse_if_readable_by_others(path, "--previous-secret-file", insecure)?;
+        secrets.push(read_secret_file(path)?);
+    }
+    Ok(secrets)
+}
+
 /// Where a generated secret is kept: beside the database, `<stem>.secret`.
 pub fn generated_secret_path(data: &Path) -> PathBuf {
     data.with_extension("secret")
@@ -126,7 +143,7 @@ pub fn generated_secret_path(data: &Path) -> PathBuf {
 
 fn read_secret_file(path: &Path) -> Result<Secret, ConfigError> {
     let mut bytes = fs::read(path)
-        .map_err(|e| ConfigError(format!("cannot read --secret-file {}: {e}", path.display())))?;
+        .map_err(|e| ConfigError(format!("cannot read the secret file {}: {e}", path.display())))?;
     if bytes.last() == Some(&b'\n') {
         bytes.pop();
     }

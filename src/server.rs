@@ -1,6 +1,6 @@
 //! The accept loop: one task per connection, HTTP/1.1 with keep-alive,
 //! timeouts, a connection cap that sheds idle clients, panic isolation, the
-//! session sweeper, and graceful shutdown.
+//! session sweeper, the signing-key reloader, and graceful shutdown.
 //!
 //! [`serve`] takes an already bound listener and any shutdown future, so
 //! tests bind port 0 and run the real server in-process.
@@ -274,6 +274,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let sweeper = tokio::spawn(Arc::clone(&app).run_sweeper(app.config.sweep_interval));
+    let key_reloader = tokio::spawn(Arc::clone(&app).run_key_reloader());
     let mut connector = Connector::new(Arc::clone(&app));
     tokio::pin!(shutdown);
     // After the stop signal, serving goes on for the drain delay while
@@ -309,6 +310,7 @@ pub async fn serve(
 
     drop(listener);
     sweeper.abort();
+    key_reloader.abort();
     let deadline = app.config.shutdown_timeout;
     tracing::info!(timeout = ?deadline, "shutting down: finishing in-flight requests");
     if tokio::time::timeout(deadline, connector.graceful.shutdown())

@@ -1,16 +1,24 @@
-//! JWT claims, signing and verification (HS256).
+//! JWT claims, signing and verification.
 //!
 //! Functions of their inputs, with no clock of their own: issuing and
 //! verifying take `now`, so tests can mint expired tokens and the server
-//! passes its process clock. Verification pins HS256 (no `alg: none`, no
-//! algorithm confusion), rejects a token from its `exp` second on (RFC 7519
-//! §4.1.4: "on or after", no leeway) and checks `type`. Header fields such
-//! as `kid`, `jku` or `x5u` are never used to pick or fetch a key.
+//! passes its process clock. The keys come from a [`KeyRing`]: verification
+//! picks the key by `kid` from the ring's own set and takes the algorithm
+//! from that key, never from the token (no `alg: none`, no algorithm
+//! confusion); header fields such as `jku` or `x5u` are never used. A token
+//! is rejected from its `exp` second on (RFC 7519 §4.1.4: "on or after", no
+//! leeway). The JOSE `typ` header (`at+jwt`, `refresh+jwt`) is checked
+//! together with the `type` claim, so neither kind passes as the other
+//! (RFC 8725 §3.11); `iss` and `aud`, when configured, are required.
 
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use std::sync::{Arc, PoisonError, RwLock};
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+use crate::keys::jws;
+use crate::keys::ring::{ACCESS_TYP, REFRESH_TYP};
+use crate::keys::{KeyRing, SigningConfig};
 use crate::secrets::Secret;
 use crate::session::{IssuedRefresh, SessionId, TokenId, UserId};
 
@@ -33,8 +41,26 @@ pub enum TokenType {
     Refresh,
 }
 
-/// Claims of both token types; `profile` is present in access tokens only.
-/// Field order is the serialised order, which keeps re-signing deterministic.
+/// `aud`: one audience as a string, several as an array (RFC 7519 §4.1.3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Audience {
+    fn contains(&self, audience: &str) -> bool {
+        match self {
+            Audience::One(one) => one == audience,
+            Audience::Many(many) => many.iter().any(|a| a == audience),
+        }
+    }
+}
+
+/// Claims of both token types; `profile`, `iss` and `aud` are in access
+/// tokens only. Field order is the serialised order, which keeps re-signing
+/// deterministic.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
     pub sub: String,
@@ -46,6 +72,10 @@ pub struct Claims {
     pub exp: u64,
     pub jti: String,
     pub sid: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub iss: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub aud: Option<Audience>,
 }
 
 /// A verified token's identifiers, parsed.
@@ -57,47 +87,58 @@ pub struct Verified {
     pub claims: Claims,
 }
 
+/// Signs and verifies tokens with the current key ring (which
+/// [`crate::keys::Keys`] replaces when the key set changes).
 pub struct TokenKeys {
-    encoding: EncodingKey,
-    decoding: DecodingKey,
-    header: Header,
-    validation: Validation,
+    ring: RwLock<Arc<KeyRing>>,
+    issuer: Option<String>,
+    audiences: Vec<String>,
+    audience_claim: Option<Audience>,
 }
 
 impl TokenKeys {
+    /// HS256 with `secret` alone, no issuer or audience: for tests and
+    /// `bench`, which mint tokens a server with the same secret accepts.
     pub fn new(secret: &Secret) -> Self {
-        let encoding = EncodingKey::from_secret(secret.bytes());
-        let mut header = Header::new(Algorithm::HS256);
-        header.kid = Some(key_id(&encoding));
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 0;
-        // Checked in `verify` against the caller's clock: jsonwebtoken reads
-        // the system clock and accepts a token in its `exp` second.
-        validation.validate_exp = false;
-        validation.validate_aud = false;
-        validation.set_required_spec_claims(&["exp", "iat", "sub"]);
+        let config = SigningConfig::hs256(secret.clone());
+        let ring = KeyRing::hs256_only(&config).expect("an HS256 ring always builds");
+        Self::from_ring(ring, &config)
+    }
+
+    pub fn from_ring(ring: KeyRing, config: &SigningConfig) -> Self {
+        let audience_claim = match config.audiences.as_slice() {
+            [] => None,
+            [one] => Some(Audience::One(one.clone())),
+            many => Some(Audience::Many(many.to_vec())),
+        };
         TokenKeys {
-            encoding,
-            decoding: DecodingKey::from_secret(secret.bytes()),
-            header,
-            validation,
+            ring: RwLock::new(Arc::new(ring)),
+            issuer: config.issuer.clone(),
+            audiences: config.audiences.clone(),
+            audience_claim,
         }
     }
 
-    pub fn sign(&self, claims: &Claims) -> Result<String, Error> {
-        jsonwebtoken::encode(&self.header, claims, &self.encoding)
-            .map_err(|e| Error::Internal(format!("signing a token failed: {e}")))
+    /// The ring in use now.
+    pub fn ring(&self) -> Arc<KeyRing> {
+        Arc::clone(&self.ring.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    pub fn replace_ring(&self, ring: KeyRing) {
+        *self.ring.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(ring);
     }
 
     /// The refresh token a session currently holds (deterministic: the same
-    /// inputs give the same bytes).
+    /// inputs give the same bytes, whatever happened to the access keys).
     pub fn refresh_token(
         &self,
         user_id: UserId,
         session_id: SessionId,
         current: &IssuedRefresh,
     ) -> Result<String, Error> {
-        self.sign(&Claims {
+        let ring = self.ring();
+        let signer = ring.refresh_signer();
+        let claims = Claims {
             sub: user_id.to_string(),
             token_type: TokenType::Refresh,
             profile: None,
@@ -105,7 +146,11 @@ impl TokenKeys {
             exp: current.expires_at,
             jti: current.jti.to_hex(),
             sid: session_id.to_hex(),
-        })
+            iss: None,
+            aud: None,
+        };
+        jws::sign(&signer.header, &claims, &signer.key)
+            .map_err(|e| Error::Internal(format!("signing a token failed: {e}")))
     }
 
     pub fn access_token(
@@ -115,7 +160,9 @@ impl TokenKeys {
         now_secs: u64,
         ttl_secs: u64,
     ) -> Result<String, Error> {
-        self.sign(&Claims {
+        let ring = self.ring();
+        let signer = ring.access_signer(now_secs.saturating_mul(1000));
+        let claims = Claims {
             sub: profile.id.clone(),
             token_type: TokenType::Access,
             profile: Some(profile),
@@ -123,11 +170,15 @@ impl TokenKeys {
             exp: now_secs.saturating_add(ttl_secs),
             jti: TokenId::generate().to_hex(),
             sid: session_id.to_hex(),
-        })
+            iss: self.issuer.clone(),
+            aud: self.audience_claim.clone(),
+        };
+        jws::sign(&signer.header, &claims, &signer.key)
+            .map_err(|e| Error::Internal(format!("signing a token failed: {e}")))
     }
 
-    /// Verifies signature, algorithm, `exp` (against `now_secs`) and `type`,
-    /// and parses the ids.
+    /// Verifies key, algorithm, signature, `exp` (against `now_secs`), the
+    /// token type (header and claim), issuer and audience, and parses the ids.
     pub fn verify(
         &self,
         token: &str,
@@ -137,18 +188,36 @@ impl TokenKeys {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(Error::InvalidToken("too long"));
         }
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|e| {
-                use jsonwebtoken::errors::ErrorKind;
-                match e.kind() {
-                    ErrorKind::InvalidSignature => Error::InvalidToken("bad signature"),
-                    ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
-                        Error::InvalidToken("algorithm not allowed")
-                    }
-                    _ => Error::InvalidToken("malformed"),
-                }
-            })?;
-        let claims = data.claims;
+        let parts = jws::split(token).map_err(|_| Error::InvalidToken("malformed"))?;
+        if parts.header.crit.is_some() {
+            return Err(Error::InvalidToken("unsupported critical header"));
+        }
+        let ring = self.ring();
+        let key = parts
+            .header
+            .kid
+            .as_deref()
+            .and_then(|kid| ring.verifier(kid))
+            .ok_or(Error::InvalidToken("unknown key"))?;
+        if parts.header.alg != key.alg.as_str() {
+            return Err(Error::InvalidToken("algorithm not allowed"));
+        }
+        let access_window = match expected {
+            TokenType::Refresh if !key.refresh => {
+                return Err(Error::InvalidToken("not a refresh token"))
+            }
+            TokenType::Refresh => None,
+            TokenType::Access => match key.access {
+                None => return Err(Error::InvalidToken("key not valid for access tokens")),
+                Some(window) => window,
+            },
+        };
+        if !key.verifies(parts.signing_input, &parts.signature) {
+            return Err(Error::InvalidToken("bad signature"));
+        }
+        let payload = jws::decode_payload(parts.payload).map_err(|_| Error::InvalidToken("malformed"))?;
+        let claims: Claims =
+            serde_json::from_slice(&payload).map_err(|_| Error::InvalidToken("malformed"))?;
         if now_secs >= claims.exp {
             return Err(Error::TokenExpired);
         }
@@ -157,6 +226,44 @@ impl TokenKeys {
                 TokenType::Access => "not an access token",
                 TokenType::Refresh => "not a refresh token",
             }));
+        }
+        let issued_at_millis = claims.iat.saturating_mul(1000);
+        let expected_typ = match expected {
+            TokenType::Access => ACCESS_TYP,
+            TokenType::Refresh => REFRESH_TYP,
+        };
+        let typ = parts.header.typ.as_deref();
+        let typed = typ.is_some_and(|t| {
+            t.eq_ignore_ascii_case(expected_typ)
+                || t.strip_prefix("application/")
+                    .is_some_and(|t| t.eq_ignore_ascii_case(expected_typ))
+        });
+        // Versions before explicit types wrote `typ: JWT`; their tokens stay
+        // valid, but nothing issued since may look like them.
+        let legacy = typ.is_none_or(|t| t.eq_ignore_ascii_case("JWT"))
+            && issued_at_millis < ring.untyped_tokens_before;
+        if !typed && !legacy {
+            return Err(Error::InvalidToken("wrong token type header"));
+        }
+        if let Some(before) = access_window {
+            if issued_at_millis >= before {
+                return Err(Error::InvalidToken("key no longer signs access tokens"));
+            }
+        }
+        if expected == TokenType::Access {
+            if let Some(issuer) = &self.issuer {
+                if claims.iss.as_deref() != Some(issuer.as_str()) {
+                    return Err(Error::InvalidToken("wrong issuer"));
+                }
+            }
+            if !self.audiences.is_empty()
+                && !claims
+                    .aud
+                    .as_ref()
+                    .is_some_and(|aud| self.audiences.iter().any(|a| aud.contains(a)))
+            {
+                return Err(Error::InvalidToken("wrong audience"));
+            }
         }
         let user_id = claims
             .sub
@@ -178,14 +285,6 @@ impl TokenKeys {
             claims,
         })
     }
-}
-
-/// A short, stable id for the key (lets a later version rotate keys), derived
-/// from the key itself with HMAC so it reveals nothing about it.
-fn key_id(key: &EncodingKey) -> String {
-    let mac =
-        jsonwebtoken::crypto::sign(b"latchkey key id", key, Algorithm::HS256).unwrap_or_default();
-    format!("hs256-{}", &mac[..mac.len().min(8)])
 }
 
 #[cfg(test)]
@@ -217,7 +316,7 @@ mod tests {
     }
 
     fn now() -> u64 {
-        jsonwebtoken::get_current_timestamp()
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
     }
 
     fn refresh(keys: &TokenKeys, exp: u64) -> String {

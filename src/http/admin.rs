@@ -1,5 +1,5 @@
-//! The admin API (`/admin/…`): users and their sessions, import, export and
-//! backup. The same routes serve three callers: TCP clients with the admin
+//! The admin API (`/admin/…`): users and their sessions, import, export,
+//! backup, and the signing keys (`keys`, `keys/rotate`). The same routes serve three callers: TCP clients with the admin
 //! key or an admin role's access token (checked in [`super`]), the admin
 //! Unix socket (its file permissions and the peer's uid are the check), and
 //! the command line with no server running (it calls [`route`] in process).
@@ -18,6 +18,7 @@ use crate::accounts::{
     AccountChange, Accounts, BadLine, Credential, ImportError, NewAccount, SessionInfo,
 };
 use crate::error::Error;
+use crate::keys::KeyAdmin;
 use crate::passwords::Password;
 use crate::session::{SessionId, UserId};
 use crate::store::User;
@@ -80,6 +81,8 @@ fn allowed(channel: Channel, path: &[&str]) -> Option<&'static str> {
         ["users", _, "sessions"] => "GET, DELETE",
         ["sessions", _] => "DELETE",
         ["backup"] if local => "POST",
+        ["keys"] => "GET",
+        ["keys", "rotate"] => "POST",
         _ => return None,
     })
 }
@@ -104,9 +107,15 @@ pub fn check_route(channel: Channel, method: &Method, path: &str) -> Result<(), 
     }
 }
 
+/// What admin requests act on.
+pub struct Target<'a> {
+    pub accounts: &'a Accounts,
+    pub keys: &'a KeyAdmin,
+}
+
 /// Serves one admin request; `path` is what follows `/admin/`.
 pub async fn route(
-    accounts: &Accounts,
+    target: &Target<'_>,
     channel: Channel,
     method: &Method,
     path: &str,
@@ -114,7 +123,7 @@ pub async fn route(
     body: Bytes,
 ) -> Result<HttpResponse, HttpError> {
     check_route(channel, method, path)?;
-    let answer = dispatch(accounts, channel, method, path, query, body).await?;
+    let answer = dispatch(target, channel, method, path, query, body).await?;
     // Changes, and the export (it hands out every password hash).
     let audited = *method != Method::GET || path == "users/export";
     if audited && answer.status().is_success() {
@@ -124,13 +133,14 @@ pub async fn route(
 }
 
 async fn dispatch(
-    accounts: &Accounts,
+    target: &Target<'_>,
     channel: Channel,
     method: &Method,
     path: &str,
     query: Option<&str>,
     body: Bytes,
 ) -> Result<HttpResponse, HttpError> {
+    let accounts = target.accounts;
     let parts: Vec<&str> = path.split('/').collect();
     let answer = match (method, parts.as_slice()) {
         (&Method::GET, ["users"]) => list_users(accounts, query).await?,
@@ -179,6 +189,24 @@ async fn dispatch(
             }
             accounts.backup(&target).await?;
             empty_response(StatusCode::NO_CONTENT)
+        }
+        (&Method::GET, ["keys"]) => {
+            let keys = target.keys.list().await?;
+            json_response(StatusCode::OK, &json!({ "keys": keys }))
+        }
+        (&Method::POST, ["keys", "rotate"]) => {
+            let object = if body.iter().all(u8::is_ascii_whitespace) {
+                Map::new()
+            } else {
+                json_object(&body)?
+            };
+            let switch_now = match object.get("now") {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(now)) => *now,
+                Some(_) => return Err(Error::InvalidRequest("now must be a boolean".into()).into()),
+            };
+            let keys = target.keys.rotate(switch_now).await?;
+            json_response(StatusCode::OK, &json!({ "keys": keys }))
         }
         _ => return Err(HttpError::NotFound),
     };

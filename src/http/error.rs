@@ -141,6 +141,7 @@ pub fn describe_domain(error: &Error) -> (StatusCode, &'static str, String) {
             "overloaded",
             "too many logins at once; retry shortly".into(),
         ),
+        Error::CannotRotate(why) => (S::CONFLICT, "cannot_rotate", why.clone()),
         Error::Unavailable(_) => (
             S::SERVICE_UNAVAILABLE,
             "unavailable",

@@ -111,7 +111,10 @@ pub fn route_template(path: &str) -> &'static str {
         "/healthz" => "/healthz",
         "/readyz" => "/readyz",
         "/openapi.json" => "/openapi.json",
+        "/.well-known/jwks.json" => "/.well-known/jwks.json",
         "/admin/users" => "/admin/users",
+        "/admin/keys" => "/admin/keys",
+        "/admin/keys/rotate" => "/admin/keys/rotate",
         path if path.starts_with("/auth/sessions/") => "/auth/sessions/{id}",
         path if path.starts_with("/admin/sessions/") => "/admin/sessions/{sid}",
         path if path.starts_with("/admin/users/") => {
@@ -160,6 +163,7 @@ async fn route(
         ("/healthz", Method::GET) => handlers::healthz(app).await,
         ("/readyz", Method::GET) => handlers::readyz(app).await,
         ("/openapi.json", Method::GET) => Ok(openapi_document()),
+        ("/.well-known/jwks.json", Method::GET) => Ok(jwks_document(app)),
         (
             "/auth/login" | "/auth/refresh" | "/auth/logout" | "/auth/register" | "/auth/password",
             _,
@@ -167,7 +171,7 @@ async fn route(
         ("/auth/profile", _) => Err(HttpError::MethodNotAllowed {
             allow: "GET, PATCH",
         }),
-        ("/auth/sessions" | "/healthz" | "/readyz" | "/openapi.json", _) => {
+        ("/auth/sessions" | "/healthz" | "/readyz" | "/openapi.json" | "/.well-known/jwks.json", _) => {
             Err(HttpError::MethodNotAllowed { allow: "GET" })
         }
         (path, method) => {
@@ -224,7 +228,7 @@ async fn admin_over_tcp(
         }
     }
     serve_admin(
-        app.auth.accounts(),
+        app,
         admin::Channel::Tcp,
         request,
         rest,
@@ -235,7 +239,7 @@ async fn admin_over_tcp(
 
 /// Runs an authorised admin request (TCP or the admin socket).
 pub async fn serve_admin<B>(
-    accounts: &crate::accounts::Accounts,
+    app: &App,
     channel: admin::Channel,
     request: Request<B>,
     rest: &str,
@@ -257,7 +261,29 @@ where
     } else {
         Bytes::new()
     };
-    admin::route(accounts, channel, &method, rest, query.as_deref(), body).await
+    let keys = crate::keys::KeyAdmin::Serving(Arc::clone(&app.keys));
+    let target = admin::Target {
+        accounts: app.auth.accounts(),
+        keys: &keys,
+    };
+    admin::route(&target, channel, &method, rest, query.as_deref(), body).await
+}
+
+/// `/.well-known/jwks.json`: the public keys that may have live access
+/// tokens (none under HS256), cacheable for as long as a rotated key is
+/// published before it signs.
+fn jwks_document(app: &App) -> HttpResponse {
+    let mut response = Response::new(Full::new(app.keys.tokens().ring().jwks()));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    response
 }
 
 /// The OpenAPI 3 description of this API, for clients and API fuzzers.

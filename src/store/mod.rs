@@ -17,6 +17,7 @@ use async_trait::async_trait;
 use std::fmt;
 
 use crate::clock::Clock;
+use crate::keys::KeySet;
 use crate::session::{
     Millis, RefreshDecision, RotationPolicy, Session, SessionId, TokenId, UserId,
 };
@@ -320,6 +321,13 @@ pub trait Store: Send + Sync + 'static {
     async fn sweep_expired_sessions(&self, now: Millis, limit: usize) -> StoreResult<usize>;
     /// How many sessions are stored (live, and ended ones until swept).
     async fn count_sessions(&self) -> StoreResult<u64>;
+    /// The signing key set (empty, generation 0, before it is first written).
+    async fn signing_keys(&self) -> StoreResult<KeySet>;
+    /// Replaces the whole key set with `set`, if the stored generation is
+    /// still `set.generation` (what the caller read); the stored generation
+    /// becomes `set.generation + 1`. Returns whether it was replaced: two
+    /// instances changing the set at once cannot both win.
+    async fn replace_signing_keys(&self, set: KeySet) -> StoreResult<bool>;
     /// Succeeds when the database is readable.
     async fn ping(&self) -> StoreResult<()>;
     /// Succeeds when writes are accepted. While they are refused because

@@ -44,7 +44,9 @@ pub fn test_config(data: &Path) -> ServeConfig {
         data: data.join("latchkey.redb"),
         cache_bytes: 8 << 20,
         min_free_bytes: 0,
-        secret: Secret::new(SECRET.as_bytes().to_vec()).unwrap(),
+        signing: latchkey::keys::SigningConfig::hs256(
+            Secret::new(SECRET.as_bytes().to_vec()).unwrap(),
+        ),
         lifetimes: Lifetimes {
             access_ttl: Duration::from_secs(3600),
             refresh_ttl: Duration::from_secs(7 * 86_400),

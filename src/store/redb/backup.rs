@@ -15,7 +15,7 @@ use redb::{
 };
 
 use super::{
-    backend, create_tables, META, SESSIONS, SESSION_EXPIRY, USERS, USER_EMAILS, USER_SESSIONS,
+    backend, create_tables, META, SESSIONS, SIGNING_KEYS, SESSION_EXPIRY, USERS, USER_EMAILS, USER_SESSIONS,
 };
 use crate::store::{StoreError, StoreResult};
 
@@ -55,6 +55,7 @@ pub(super) fn copy_snapshot(snapshot: &ReadTransaction, target: &Path) -> StoreR
         copy_table(snapshot, &db, USER_SESSIONS)?;
         copy_table(snapshot, &db, SESSION_EXPIRY)?;
         copy_table(snapshot, &db, META)?;
+        copy_table(snapshot, &db, SIGNING_KEYS)?;
         Ok::<_, StoreError>(())
     })();
     // Published with a hard link, which fails rather than replace a file

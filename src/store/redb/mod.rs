@@ -14,7 +14,9 @@
 //! - `sessions`: time-ordered session id → fixed-size binary record;
 //! - `user_sessions`: (user id, session id), for global logout and user removal;
 //! - `session_expiry`: (absolute end, session id), for the sweep;
-//! - `meta`: counters (the next user id; ids are never reused).
+//! - `signing_keys`: kid → JSON record of one signing key (see [`crate::keys`]);
+//! - `meta`: counters (the next user id; ids are never reused) and the key
+//!   set's generation, untyped-token cutoff and access-token lifetime.
 //!
 //! When a write fails at the file (a failing disk, a read-only remount),
 //! redb refuses every later operation on that handle. The writer then swaps
@@ -52,6 +54,7 @@ use super::{
     StoreResult, User, UserChange, UserPage, UserUpdate,
 };
 use crate::clock::Clock;
+use crate::keys::KeySet;
 use crate::session::{
     Millis, RefreshDecision, RotationPolicy, Session, SessionId, TokenId, UserId,
 };
@@ -69,6 +72,11 @@ const USER_SESSIONS: TableDefinition<(u64, u128), ()> = TableDefinition::new("us
 const SESSION_EXPIRY: TableDefinition<(u64, u128), ()> = TableDefinition::new("session_expiry");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const NEXT_USER_ID: &str = "next_user_id";
+/// kid → JSON record (see `records::encode_key`).
+const SIGNING_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("signing_keys");
+const KEY_SET_GENERATION: &str = "key_set_generation";
+const UNTYPED_TOKENS_BEFORE: &str = "untyped_tokens_before";
+const KEY_ACCESS_TTL: &str = "key_access_ttl";
 
 /// Most operations applied in one write transaction.
 const MAX_BATCH: usize = 512;
@@ -438,6 +446,7 @@ fn create_tables(db: &Database) -> StoreResult<()> {
     txn.open_table(USER_SESSIONS).map_err(backend)?;
     txn.open_table(SESSION_EXPIRY).map_err(backend)?;
     txn.open_table(META).map_err(backend)?;
+    txn.open_table(SIGNING_KEYS).map_err(backend)?;
     txn.commit().map_err(backend)
 }
 
@@ -839,6 +848,15 @@ impl Store for RedbStore {
             redb::ReadableTableMetadata::len(&sessions).map_err(backend)
         })
         .await
+    }
+
+    async fn signing_keys(&self) -> StoreResult<KeySet> {
+        self.read(records::read_key_set).await
+    }
+
+    async fn replace_signing_keys(&self, set: KeySet) -> StoreResult<bool> {
+        self.write(move |txn| records::replace_key_set(txn, &set))
+            .await
     }
 
     async fn ping(&self) -> StoreResult<()> {

@@ -4,7 +4,11 @@
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
-use super::{backend, SESSIONS, SESSION_EXPIRY, USERS, USER_SESSIONS};
+use super::{
+    backend, KEY_ACCESS_TTL, KEY_SET_GENERATION, META, SESSIONS, SESSION_EXPIRY, SIGNING_KEYS,
+    UNTYPED_TOKENS_BEFORE, USERS, USER_SESSIONS,
+};
+use crate::keys::{KeySet, SigningAlg, StoredKey};
 use crate::session::{IssuedRefresh, Millis, Rotation, Session, SessionId, TokenId, UserId};
 use crate::store::{StoreError, StoreResult, User};
 
@@ -233,4 +237,108 @@ mod tests {
         );
         assert!(decode_session(1, &[1, 2, 3]).is_err());
     }
+}
+
+/// A signing key as stored: JSON, the private key (if any) in base64url.
+#[derive(Serialize, Deserialize)]
+struct StoredKeyRecord {
+    alg: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    private_pkcs8: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    public_jwk: Option<crate::keys::PublicJwk>,
+    created_at: Millis,
+    signs_from: Millis,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    signs_until: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    published_until: Option<Millis>,
+}
+
+fn encode_key(key: &StoredKey) -> Vec<u8> {
+    use base64::Engine as _;
+    let record = StoredKeyRecord {
+        alg: key.alg.as_str().to_string(),
+        private_pkcs8: key
+            .private_pkcs8
+            .as_ref()
+            .map(|der| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(der)),
+        public_jwk: key.public_jwk.clone(),
+        created_at: key.created_at,
+        signs_from: key.signs_from,
+        signs_until: key.signs_until,
+        published_until: key.published_until,
+    };
+    serde_json::to_vec(&record).expect("a key record always serialises")
+}
+
+fn decode_key(kid: &str, bytes: &[u8]) -> StoreResult<StoredKey> {
+    use base64::Engine as _;
+    let corrupt = |what: &str| StoreError::Corrupt(format!("signing key {kid}: {what}"));
+    let record: StoredKeyRecord =
+        serde_json::from_slice(bytes).map_err(|e| corrupt(&e.to_string()))?;
+    Ok(StoredKey {
+        kid: kid.to_string(),
+        alg: SigningAlg::parse(&record.alg).ok_or_else(|| corrupt("unknown algorithm"))?,
+        private_pkcs8: record
+            .private_pkcs8
+            .map(|text| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text))
+            .transpose()
+            .map_err(|_| corrupt("bad private key encoding"))?,
+        public_jwk: record.public_jwk,
+        created_at: record.created_at,
+        signs_from: record.signs_from,
+        signs_until: record.signs_until,
+        published_until: record.published_until,
+    })
+}
+
+/// The key set as a snapshot sees it. A file written before signing keys
+/// existed, opened read-only, has no such table: an empty set.
+pub(super) fn read_key_set(txn: &ReadTransaction) -> StoreResult<KeySet> {
+    let table = match txn.open_table(SIGNING_KEYS) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(KeySet::default()),
+        Err(e) => return Err(backend(e)),
+    };
+    let mut keys = Vec::new();
+    for entry in table.iter().map_err(backend)? {
+        let (kid, bytes) = entry.map_err(backend)?;
+        keys.push(decode_key(kid.value(), bytes.value())?);
+    }
+    let meta = txn.open_table(META).map_err(backend)?;
+    let get = |name: &str| -> StoreResult<u64> {
+        Ok(meta.get(name).map_err(backend)?.map_or(0, |v| v.value()))
+    };
+    Ok(KeySet {
+        generation: get(KEY_SET_GENERATION)?,
+        keys,
+        untyped_tokens_before: get(UNTYPED_TOKENS_BEFORE)?,
+        access_ttl: get(KEY_ACCESS_TTL)?,
+    })
+}
+
+/// Replaces the key set if its generation is still `set.generation`.
+pub(super) fn replace_key_set(txn: &WriteTransaction, set: &KeySet) -> StoreResult<bool> {
+    let mut meta = txn.open_table(META).map_err(backend)?;
+    let stored = meta
+        .get(KEY_SET_GENERATION)
+        .map_err(backend)?
+        .map_or(0, |v| v.value());
+    if stored != set.generation {
+        return Ok(false);
+    }
+    meta.insert(KEY_SET_GENERATION, set.generation + 1)
+        .map_err(backend)?;
+    meta.insert(UNTYPED_TOKENS_BEFORE, set.untyped_tokens_before)
+        .map_err(backend)?;
+    meta.insert(KEY_ACCESS_TTL, set.access_ttl).map_err(backend)?;
+    let mut table = txn.open_table(SIGNING_KEYS).map_err(backend)?;
+    table.retain(|_, _| false).map_err(backend)?;
+    for key in &set.keys {
+        table
+            .insert(key.kid.as_str(), encode_key(key).as_slice())
+            .map_err(backend)?;
+    }
+    Ok(true)
 }
