@@ -13,4 +13,5 @@ mod durability;
 mod hardening;
 mod limits;
 mod operations;
+mod signing;
 mod throttle;
