@@ -10,11 +10,11 @@ use crate::auth::{Auth, AuthPolicy};
 use crate::clock::Clock;
 use crate::config::ServeConfig;
 use crate::error::Error;
+use crate::keys::Keys;
 use crate::passwords::{Password, Passwords};
 use crate::store::redb::{Location, RedbStore};
 use crate::store::space::SpaceGuard;
 use crate::store::Store;
-use crate::keys::Keys;
 
 /// Sessions deleted per sweep transaction, so the sweep never holds the writer long.
 const SWEEP_BATCH: usize = 1000;

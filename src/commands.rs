@@ -393,7 +393,10 @@ pub async fn keys_command(common: &CommonArgs, command: KeysCommand) -> Result<(
         KeysCommand::List { json } => (target.call(Method::GET, "keys", None).await?, json),
         KeysCommand::Rotate { now } => {
             let body = json!({ "now": now });
-            (target.call(Method::POST, "keys/rotate", Some(body)).await?, false)
+            (
+                target.call(Method::POST, "keys/rotate", Some(body)).await?,
+                false,
+            )
         }
     };
     let keys = ok(answer)?.json();

@@ -19,7 +19,9 @@ use crate::cli::{CommonArgs, ServeArgs};
 use crate::credentials::{check_new_password, normalize_email};
 use crate::http::client_address::Cidr;
 use crate::keys::{KeyFile, SigningAlg, SigningConfig};
-use crate::secrets::{refuse_if_readable_by_others, resolve_previous_secrets, resolve_secret, Secret};
+use crate::secrets::{
+    refuse_if_readable_by_others, resolve_previous_secrets, resolve_secret, Secret,
+};
 use crate::throttle::ThrottlePolicy;
 
 /// A configuration problem, reported at start-up.

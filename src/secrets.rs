@@ -142,8 +142,12 @@ pub fn generated_secret_path(data: &Path) -> PathBuf {
 }
 
 fn read_secret_file(path: &Path) -> Result<Secret, ConfigError> {
-    let mut bytes = fs::read(path)
-        .map_err(|e| ConfigError(format!("cannot read the secret file {}: {e}", path.display())))?;
+    let mut bytes = fs::read(path).map_err(|e| {
+        ConfigError(format!(
+            "cannot read the secret file {}: {e}",
+            path.display()
+        ))
+    })?;
     if bytes.last() == Some(&b'\n') {
         bytes.pop();
     }

@@ -171,9 +171,10 @@ async fn route(
         ("/auth/profile", _) => Err(HttpError::MethodNotAllowed {
             allow: "GET, PATCH",
         }),
-        ("/auth/sessions" | "/healthz" | "/readyz" | "/openapi.json" | "/.well-known/jwks.json", _) => {
-            Err(HttpError::MethodNotAllowed { allow: "GET" })
-        }
+        (
+            "/auth/sessions" | "/healthz" | "/readyz" | "/openapi.json" | "/.well-known/jwks.json",
+            _,
+        ) => Err(HttpError::MethodNotAllowed { allow: "GET" }),
         (path, method) => {
             if let Some(id) = path.strip_prefix("/auth/sessions/") {
                 return match method {
@@ -227,14 +228,7 @@ async fn admin_over_tcp(
             return Err(Error::Forbidden.into());
         }
     }
-    serve_admin(
-        app,
-        admin::Channel::Tcp,
-        request,
-        rest,
-        config.body_timeout,
-    )
-    .await
+    serve_admin(app, admin::Channel::Tcp, request, rest, config.body_timeout).await
 }
 
 /// Runs an authorised admin request (TCP or the admin socket).

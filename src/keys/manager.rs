@@ -9,8 +9,8 @@ use std::time::Duration;
 use super::schedule::{self, KeyInfo};
 use super::{KeyRing, KeySet, KeyState, SigningConfig};
 use crate::clock::Clock;
-use crate::session::Millis;
 use crate::error::Error;
+use crate::session::Millis;
 use crate::store::Store;
 use crate::tokens::TokenKeys;
 
@@ -80,10 +80,8 @@ impl Keys {
             let now = clock.now_millis();
             let plan = {
                 let (config, set) = (config.clone(), set.clone());
-                blocking(move || {
-                    schedule::plan_start(&config, access_ttl, &set, now, has_sessions)
-                })
-                .await?
+                blocking(move || schedule::plan_start(&config, access_ttl, &set, now, has_sessions))
+                    .await?
             }
             .map_err(key_error)?;
             let set = match plan {

@@ -110,7 +110,11 @@ impl PublicJwk {
                 s(&self.x),
                 s(&self.y)
             ),
-            _ => format!(r#"{{"e":"{}","kty":"RSA","n":"{}"}}"#, s(&self.e), s(&self.n)),
+            _ => format!(
+                r#"{{"e":"{}","kty":"RSA","n":"{}"}}"#,
+                s(&self.e),
+                s(&self.n)
+            ),
         };
         B64.encode(digest::digest(&digest::SHA256, canonical.as_bytes()))
     }
@@ -230,9 +234,9 @@ impl PrivateKey {
         };
         Ok(match alg {
             SigningAlg::HS256 => return Err(key_error("HS256 has no private key file")),
-            SigningAlg::EdDSA => {
-                PrivateKey::Ed25519(Ed25519KeyPair::from_pkcs8_maybe_unchecked(der).map_err(rejected)?)
-            }
+            SigningAlg::EdDSA => PrivateKey::Ed25519(
+                Ed25519KeyPair::from_pkcs8_maybe_unchecked(der).map_err(rejected)?,
+            ),
             SigningAlg::ES256 => PrivateKey::Ecdsa(
                 EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, der)
                     .map_err(rejected)?,
@@ -240,7 +244,9 @@ impl PrivateKey {
             SigningAlg::RS256 => {
                 let pair = RsaKeyPair::from_pkcs8(der).map_err(rejected)?;
                 if pair.public_modulus_len() < 256 {
-                    return Err(key_error("RSA keys must have at least 2048 bits (RFC 7518 §3.3)"));
+                    return Err(key_error(
+                        "RSA keys must have at least 2048 bits (RFC 7518 §3.3)",
+                    ));
                 }
                 PrivateKey::Rsa(pair)
             }
@@ -280,9 +286,8 @@ pub fn generate_pkcs8(alg: SigningAlg) -> Result<Vec<u8>, KeyError> {
 /// Reads a PKCS#8 PEM private key (`-----BEGIN PRIVATE KEY-----`) and
 /// finds its algorithm from the key itself.
 pub fn read_pkcs8_pem(pem: &[u8]) -> Result<(SigningAlg, Vec<u8>), KeyError> {
-    let (label, der) = pem_rfc7468::decode_vec(pem).map_err(|_| {
-        key_error("not a PEM file (expected -----BEGIN PRIVATE KEY-----, PKCS#8)")
-    })?;
+    let (label, der) = pem_rfc7468::decode_vec(pem)
+        .map_err(|_| key_error("not a PEM file (expected -----BEGIN PRIVATE KEY-----, PKCS#8)"))?;
     if label != "PRIVATE KEY" {
         return Err(key_error(format!(
             "the PEM block is `{label}`; latchkey reads unencrypted PKCS#8 (`PRIVATE KEY`). \
@@ -313,8 +318,14 @@ mod tests {
             assert_eq!(jwk.kid, jwk.thumbprint());
             let signature = key.sign(b"message").unwrap();
             let verifier = jwk.verifier().unwrap();
-            assert!(verifier.verify_sig(b"message", &signature).is_ok(), "{alg:?}");
-            assert!(verifier.verify_sig(b"massage", &signature).is_err(), "{alg:?}");
+            assert!(
+                verifier.verify_sig(b"message", &signature).is_ok(),
+                "{alg:?}"
+            );
+            assert!(
+                verifier.verify_sig(b"massage", &signature).is_err(),
+                "{alg:?}"
+            );
             let text = serde_json::to_string(&jwk).unwrap();
             for private in ["\"d\"", "\"p\"", "\"q\"", "\"k\"", "\"dp\"", "\"qi\""] {
                 assert!(!text.contains(private), "{text}");
@@ -343,14 +354,17 @@ mod tests {
             alg: "RS256".into(),
             key_use: "sig".into(),
         };
-        assert_eq!(jwk.thumbprint(), "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs");
+        assert_eq!(
+            jwk.thumbprint(),
+            "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+        );
     }
 
     #[test]
     fn pem_files_are_read_by_their_key_type() {
         let der = generate_pkcs8(SigningAlg::ES256).unwrap();
-        let pem = pem_rfc7468::encode_string("PRIVATE KEY", pem_rfc7468::LineEnding::LF, &der)
-            .unwrap();
+        let pem =
+            pem_rfc7468::encode_string("PRIVATE KEY", pem_rfc7468::LineEnding::LF, &der).unwrap();
         assert_eq!(
             read_pkcs8_pem(pem.as_bytes()).unwrap(),
             (SigningAlg::ES256, der.clone())
@@ -359,5 +373,40 @@ mod tests {
             .unwrap();
         assert!(read_pkcs8_pem(wrong.as_bytes()).is_err());
         assert!(read_pkcs8_pem(b"not pem").is_err());
+    }
+}
+
+#[cfg(test)]
+mod cost {
+    use super::*;
+
+    /// `cargo test --release --lib -- --ignored --nocapture signature_costs`
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn signature_costs() {
+        let message = vec![b'x'; 420];
+        for alg in [SigningAlg::EdDSA, SigningAlg::ES256, SigningAlg::RS256] {
+            let key = PrivateKey::from_pkcs8(alg, &generate_pkcs8(alg).unwrap()).unwrap();
+            let verifier = key.public_jwk().unwrap().verifier().unwrap();
+            let signature = key.sign(&message).unwrap();
+            let rounds = if alg == SigningAlg::RS256 { 200 } else { 5000 };
+            let started = std::time::Instant::now();
+            for _ in 0..rounds {
+                key.sign(&message).unwrap();
+            }
+            let sign = started.elapsed() / rounds;
+            let started = std::time::Instant::now();
+            for _ in 0..rounds {
+                verifier.verify_sig(&message, &signature).unwrap();
+            }
+            let verify = started.elapsed() / rounds;
+            println!("{}: sign {sign:?}, verify {verify:?}", alg.as_str());
+        }
+        let key = PrivateKey::hmac(&[1; 32]);
+        let started = std::time::Instant::now();
+        for _ in 0..100_000 {
+            key.sign(&message).unwrap();
+        }
+        println!("HS256: sign {:?}", started.elapsed() / 100_000);
     }
 }

@@ -25,13 +25,15 @@
 //! Files: `material.rs` (generation, PEM, JWKs), `jws.rs` (the compact
 //! serialisation), `schedule.rs` (pure decisions: start, rotation, states),
 //! `ring.rs` (the in-memory set that signs and verifies), `manager.rs`
-//! (loading, reloading and rotating against the store).
+//! (loading, reloading and rotating against the store), `verified.rs` (a
+//! bounded memory of tokens whose signature verified).
 
 pub mod jws;
 pub mod manager;
 pub mod material;
 pub mod ring;
 pub mod schedule;
+pub mod verified;
 
 use std::fmt;
 

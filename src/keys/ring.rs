@@ -43,6 +43,11 @@ pub struct VerifyingKey {
 }
 
 impl VerifyingKey {
+    /// Whether verifying costs more than hashing the token (public keys).
+    pub fn is_costly(&self) -> bool {
+        matches!(self.verifier, Verifier::Public(_))
+    }
+
     /// Whether `signature` is this key's over `message` (constant time for HMAC).
     pub fn verifies(&self, message: &[u8], signature: &[u8]) -> bool {
         match &self.verifier {
@@ -52,7 +57,13 @@ impl VerifyingKey {
     }
 }
 
+/// Numbers every ring this process builds, so that a memory of verified
+/// tokens can tell which ring verified them.
+static RING_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 pub struct KeyRing {
+    /// Unique in this process.
+    pub id: u64,
     /// The stored set's generation this ring was built from (0: no store).
     pub generation: u64,
     refresh: SigningKey,
@@ -101,7 +112,10 @@ impl KeyRing {
         }
         for key in live.iter().filter(|k| k.alg.is_asymmetric()) {
             let Some(jwk) = &key.public_jwk else {
-                return Err(KeyError(format!("stored key {} has no public key", key.kid)));
+                return Err(KeyError(format!(
+                    "stored key {} has no public key",
+                    key.kid
+                )));
             };
             verifiers.insert(
                 key.kid.clone(),
@@ -152,6 +166,7 @@ impl KeyRing {
         });
         let rebuild_at = live.iter().filter_map(|k| k.published_until).min();
         Ok(KeyRing {
+            id: RING_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             generation: set.generation,
             refresh,
             access,

@@ -25,7 +25,11 @@ enum Wanted<'a> {
 }
 
 /// A key generated now, signing from `signs_from`.
-pub fn generate_key(alg: SigningAlg, now: Millis, signs_from: Millis) -> Result<StoredKey, KeyError> {
+pub fn generate_key(
+    alg: SigningAlg,
+    now: Millis,
+    signs_from: Millis,
+) -> Result<StoredKey, KeyError> {
     let pkcs8 = generate_pkcs8(alg)?;
     let public_jwk = PrivateKey::from_pkcs8(alg, &pkcs8)?
         .public_jwk()
@@ -144,7 +148,8 @@ pub fn plan_rotation(
         .position(|k| k.state(now) == KeyState::Current)
     else {
         return refuse(
-            "no key signs yet: start the server once with --signing-alg EdDSA, ES256 or RS256".into(),
+            "no key signs yet: start the server once with --signing-alg EdDSA, ES256 or RS256"
+                .into(),
         );
     };
     let alg = next.keys[current].alg;
@@ -251,7 +256,10 @@ mod tests {
     }
 
     fn current(set: &KeySet, now: Millis) -> &StoredKey {
-        let mut current = set.keys.iter().filter(|k| k.state(now) == KeyState::Current);
+        let mut current = set
+            .keys
+            .iter()
+            .filter(|k| k.state(now) == KeyState::Current);
         let key = current.next().expect("a current key");
         assert!(current.next().is_none(), "one current key");
         key
@@ -263,7 +271,9 @@ mod tests {
         let set = started(&config, &KeySet::default(), 1000);
         assert_eq!(set.untyped_tokens_before, 0);
         assert_eq!(current(&set, 1000).alg, SigningAlg::EdDSA);
-        assert!(plan_start(&config, TTL, &set, 5000, false).unwrap().is_none());
+        assert!(plan_start(&config, TTL, &set, 5000, false)
+            .unwrap()
+            .is_none());
         let legacy = plan_start(&config, TTL, &KeySet::default(), 7000, true)
             .unwrap()
             .unwrap();
@@ -304,16 +314,20 @@ mod tests {
         let old = promoted.keys.iter().find(|k| k.kid == first).unwrap();
         assert_eq!(old.published_until, Some(3000 + TTL));
         // A restart with the same configuration keeps the rotated key.
-        assert!(plan_start(&config(SigningAlg::EdDSA), TTL, &promoted, 4000, false)
-            .unwrap()
-            .is_none());
+        assert!(
+            plan_start(&config(SigningAlg::EdDSA), TTL, &promoted, 4000, false)
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]
     fn hs256_and_key_files_are_not_rotated_by_keys_rotate() {
         let hs = started(&config(SigningAlg::HS256), &KeySet::default(), 1000);
         assert!(plan_rotation(&hs, 2000, true).unwrap().is_err());
-        assert!(plan_rotation(&KeySet::default(), 2000, true).unwrap().is_err());
+        assert!(plan_rotation(&KeySet::default(), 2000, true)
+            .unwrap()
+            .is_err());
 
         let der = generate_pkcs8(SigningAlg::ES256).unwrap();
         let pem =

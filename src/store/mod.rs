@@ -284,6 +284,12 @@ pub trait Store: Send + Sync + 'static {
         checked_hash: &str,
     ) -> StoreResult<NewSession>;
     async fn session(&self, id: SessionId) -> StoreResult<Option<Session>>;
+    /// Session `id` and its owner, from one snapshot (the owner is `None`
+    /// only if the user is gone).
+    async fn session_with_owner(
+        &self,
+        id: SessionId,
+    ) -> StoreResult<Option<(Session, Option<User>)>>;
     /// Presents refresh token `presented` of user `user_id` to session `id`:
     /// one atomic, durable step (see the module doc). The decision reads
     /// `clock` when it is applied, not when the request arrived, so time

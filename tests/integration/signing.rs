@@ -75,7 +75,10 @@ fn verify_with_jsonwebtoken(token: &str, jwks: &Value) -> Value {
 fn assert_public_only(jwks: &Value) {
     for key in jwks["keys"].as_array().unwrap() {
         for private in ["d", "p", "q", "dp", "dq", "qi", "k", "oth"] {
-            assert!(key.get(private).is_none(), "private member {private} in {key}");
+            assert!(
+                key.get(private).is_none(),
+                "private member {private} in {key}"
+            );
         }
         assert_eq!(key["use"], "sig", "{key}");
         assert!(key["kid"].is_string() && key["alg"].is_string(), "{key}");
@@ -187,7 +190,11 @@ async fn algorithm_confusion_none_and_unknown_or_hostile_kids_are_refused() {
             &claims,
             b"",
         ));
-        forged.push(forge(&json!({ "alg": "none", "typ": "at+jwt" }), &claims, b""));
+        forged.push(forge(
+            &json!({ "alg": "none", "typ": "at+jwt" }),
+            &claims,
+            b"",
+        ));
         // The right algorithm but a key latchkey does not have.
         let other = latchkey::keys::material::generate_pkcs8(SigningAlg::EdDSA).unwrap();
         for hostile_kid in [
@@ -347,7 +354,10 @@ async fn rotation_under_refresh_load_logs_nobody_out() {
                     failures.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
-                let kid = jwt_part(&tokens.access, 0)["kid"].as_str().unwrap().to_string();
+                let kid = jwt_part(&tokens.access, 0)["kid"]
+                    .as_str()
+                    .unwrap()
+                    .to_string();
                 let mut seen = kids.lock().unwrap();
                 if !seen.contains(&kid) {
                     seen.push(kid);
@@ -402,8 +412,17 @@ async fn rotation_under_refresh_load_logs_nobody_out() {
         .iter()
         .map(|k| k["state"].as_str().unwrap())
         .collect();
-    assert_eq!(states.iter().filter(|s| **s == "current").count(), 1, "{}", list.text);
-    assert!(states.iter().filter(|s| **s == "previous").count() >= 3, "{}", list.text);
+    assert_eq!(
+        states.iter().filter(|s| **s == "current").count(),
+        1,
+        "{}",
+        list.text
+    );
+    assert!(
+        states.iter().filter(|s| **s == "previous").count() >= 3,
+        "{}",
+        list.text
+    );
 }
 
 #[tokio::test]
@@ -438,7 +457,13 @@ async fn a_pending_key_is_published_first_and_rotation_of_hs256_is_refused() {
         .map(|k| k["state"].clone())
         .collect();
     assert_eq!(states, vec![json!("next"), json!("current")]);
-    assert_eq!(jwks(&server.client).await.body["keys"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        jwks(&server.client).await.body["keys"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
     // Still signing with the old key for the JWKS cache lifetime.
     let during = jwt_part(&server.login("mo@example.com", None).await.access, 0)["kid"].clone();
     assert_eq!(during, before);
@@ -530,8 +555,17 @@ async fn keys_are_kept_across_restarts_and_rotate_through_the_socket_and_the_fil
     let output = run_cli(&["keys", "rotate", "--data", &db(&data)], "");
     assert!(output.status.success(), "{output:?}");
     let table = String::from_utf8_lossy(&output.stdout).to_string();
-    assert!(table.contains("next") && table.contains("current"), "{table}");
-    assert_eq!(jwks(&server.client).await.body["keys"].as_array().unwrap().len(), 2);
+    assert!(
+        table.contains("next") && table.contains("current"),
+        "{table}"
+    );
+    assert_eq!(
+        jwks(&server.client).await.body["keys"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
     let output = run_cli(&["keys", "rotate", "--now", "--data", &db(&data)], "");
     assert!(output.status.success(), "{output:?}");
     let second = login(&server.client, "mo@example.com", None).await;
@@ -587,7 +621,11 @@ async fn switching_from_hs256_to_eddsa_logs_nobody_out_and_ends_hs256_access_tok
         .as_secs();
     minted_claims["iat"] = json!(now + 1);
     minted_claims["exp"] = json!(now + 600);
-    let minted = forge(&jwt_part(&before.access, 0), &minted_claims, SECRET.as_bytes());
+    let minted = forge(
+        &jwt_part(&before.access, 0),
+        &minted_claims,
+        SECRET.as_bytes(),
+    );
     server
         .client
         .profile(&minted)
@@ -644,7 +682,10 @@ fn bad_signing_configurations_are_refused_at_start() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o644)).unwrap();
     for (extra, expected) in [
-        (vec!["--signing-alg", "ES256", "--signing-key-file", &key], "other users"),
+        (
+            vec!["--signing-alg", "ES256", "--signing-key-file", &key],
+            "other users",
+        ),
         (vec!["--signing-key-file", &key], "--signing-alg"),
         (vec!["--signing-alg", "XS999"], "signing-alg"),
         (vec!["--previous-secret", "short"], "32 bytes"),
@@ -695,15 +736,20 @@ fn verifier_tools() -> Result<(PathBuf, PathBuf), String> {
                     .is_ok_and(|o| o.status.success())
             };
             if !has_jwt(&python) {
-                run(std::process::Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
-                run(std::process::Command::new(&python).args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    "--disable-pip-version-check",
-                    "-r",
-                ]).arg(verifiers().join("requirements.txt")))?;
+                run(std::process::Command::new("python3")
+                    .arg("-m")
+                    .arg("venv")
+                    .arg(&venv))?;
+                run(std::process::Command::new(&python)
+                    .args([
+                        "-m",
+                        "pip",
+                        "install",
+                        "--quiet",
+                        "--disable-pip-version-check",
+                        "-r",
+                    ])
+                    .arg(verifiers().join("requirements.txt")))?;
             }
             if !verifiers().join("node_modules/jose").exists() {
                 run(std::process::Command::new("npm")
@@ -752,7 +798,12 @@ async fn pyjwt_and_jose_verify_tokens_of_every_algorithm_and_across_a_rotation()
         assert_eq!(rotate(&server.client, true).await.status, 200);
         let after = server.login("mo@example.com", None).await;
         for token in [&before.access, &after.access] {
-            let args = [&server.url, token.as_str(), "https://auth.example.com", "api"];
+            let args = [
+                &server.url,
+                token.as_str(),
+                "https://auth.example.com",
+                "api",
+            ];
             for (program, script) in [(&python, "verify.py"), (&node, "verify.mjs")] {
                 let verified = run_verifier(program, script, &args)
                     .await
@@ -768,7 +819,12 @@ async fn pyjwt_and_jose_verify_tokens_of_every_algorithm_and_across_a_rotation()
         broken[at] = if broken[at] == b'A' { b'B' } else { b'A' };
         let broken = String::from_utf8(broken).unwrap();
         for token in [&after.refresh, &broken] {
-            let args = [&server.url, token.as_str(), "https://auth.example.com", "api"];
+            let args = [
+                &server.url,
+                token.as_str(),
+                "https://auth.example.com",
+                "api",
+            ];
             for (program, script) in [(&python, "verify.py"), (&node, "verify.mjs")] {
                 assert!(
                     run_verifier(program, script, &args).await.is_err(),

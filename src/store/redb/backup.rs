@@ -15,7 +15,8 @@ use redb::{
 };
 
 use super::{
-    backend, create_tables, META, SESSIONS, SIGNING_KEYS, SESSION_EXPIRY, USERS, USER_EMAILS, USER_SESSIONS,
+    backend, create_tables, META, SESSIONS, SESSION_EXPIRY, SIGNING_KEYS, USERS, USER_EMAILS,
+    USER_SESSIONS,
 };
 use crate::store::{StoreError, StoreResult};
 

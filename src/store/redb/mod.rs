@@ -720,6 +720,23 @@ impl Store for RedbStore {
         .await
     }
 
+    async fn session_with_owner(
+        &self,
+        id: SessionId,
+    ) -> StoreResult<Option<(Session, Option<User>)>> {
+        // Inline, like `session`: the refresh path's pre-read.
+        self.retry_on_dead_handle(|| {
+            std::future::ready(Self::snapshot(&self.slot).and_then(|snapshot| {
+                let Some(session) = read_session(&snapshot.txn, id)? else {
+                    return Ok(None);
+                };
+                let owner = read_user(&snapshot.txn, session.user_id)?;
+                Ok(Some((session, owner)))
+            }))
+        })
+        .await
+    }
+
     async fn refresh_session(
         &self,
         id: SessionId,

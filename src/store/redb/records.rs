@@ -332,7 +332,8 @@ pub(super) fn replace_key_set(txn: &WriteTransaction, set: &KeySet) -> StoreResu
         .map_err(backend)?;
     meta.insert(UNTYPED_TOKENS_BEFORE, set.untyped_tokens_before)
         .map_err(backend)?;
-    meta.insert(KEY_ACCESS_TTL, set.access_ttl).map_err(backend)?;
+    meta.insert(KEY_ACCESS_TTL, set.access_ttl)
+        .map_err(backend)?;
     let mut table = txn.open_table(SIGNING_KEYS).map_err(backend)?;
     table.retain(|_, _| false).map_err(backend)?;
     for key in &set.keys {
