@@ -453,6 +453,66 @@ fn seed_users(args: &ServeArgs) -> Result<Vec<SeedUser>, ConfigError> {
     Ok(users)
 }
 
+/// The signing configuration: secret, previous secrets, algorithm, key
+/// file, issuer and audiences.
+fn signing_config(common: &CommonArgs, args: &ServeArgs) -> Result<SigningConfig, ConfigError> {
+    use crate::cli::SigningAlgArg;
+    let signing = &args.signing;
+    let insecure = args.secret.insecure_secret_file;
+    let alg = match signing.signing_alg {
+        SigningAlgArg::HS256 => SigningAlg::HS256,
+        SigningAlgArg::EdDSA => SigningAlg::EdDSA,
+        SigningAlgArg::ES256 => SigningAlg::ES256,
+        SigningAlgArg::RS256 => SigningAlg::RS256,
+    };
+    let key_file = match &signing.signing_key_file {
+        None => None,
+        Some(_) if alg == SigningAlg::HS256 => {
+            return err(
+                "--signing-key-file needs --signing-alg EdDSA, ES256 or RS256 (HS256 signs with the secret)",
+            )
+        }
+        Some(path) => {
+            refuse_if_readable_by_others(path, "--signing-key-file", insecure)?;
+            let pem = std::fs::read(path).map_err(|e| {
+                ConfigError(format!("cannot read --signing-key-file {}: {e}", path.display()))
+            })?;
+            let file = KeyFile::parse(&pem).map_err(|e| {
+                ConfigError(format!("--signing-key-file {}: {e}", path.display()))
+            })?;
+            if file.alg != alg {
+                return err(format!(
+                    "--signing-key-file holds a {} key, but --signing-alg is {}",
+                    file.alg.as_str(),
+                    alg.as_str()
+                ));
+            }
+            Some(file)
+        }
+    };
+    let issuer = match signing.issuer.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(url) if url.starts_with("https://") || url.starts_with("http://") => {
+            Some(url.to_string())
+        }
+        Some(_) => return err("--issuer must be an http:// or https:// URL"),
+    };
+    let audiences: Vec<String> = signing
+        .audience
+        .iter()
+        .map(|a| a.trim().to_string())
+        .filter(|a| !a.is_empty())
+        .collect();
+    Ok(SigningConfig {
+        alg,
+        secret: resolve_secret(&common.data, &args.secret)?,
+        previous_secrets: resolve_previous_secrets(signing, insecure)?,
+        key_file,
+        issuer,
+        audiences,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -495,64 +555,4 @@ mod tests {
         assert!(parse_seed_user("ana@example.com:x:Ana:password1").is_err());
         assert!(parse_seed_user("ana@example.com:2:Ana:short").is_err());
     }
-}
-
-/// The signing configuration: secret, previous secrets, algorithm, key
-/// file, issuer and audiences.
-fn signing_config(common: &CommonArgs, args: &ServeArgs) -> Result<SigningConfig, ConfigError> {
-    use crate::cli::SigningAlgArg;
-    let signing = &args.signing;
-    let insecure = args.secret.insecure_secret_file;
-    let alg = match signing.signing_alg {
-        SigningAlgArg::HS256 => SigningAlg::HS256,
-        SigningAlgArg::EdDSA => SigningAlg::EdDSA,
-        SigningAlgArg::ES256 => SigningAlg::ES256,
-        SigningAlgArg::RS256 => SigningAlg::RS256,
-    };
-    let key_file = match &signing.signing_key_file {
-        None => None,
-        Some(_) if alg == SigningAlg::HS256 => {
-            return err(
-                "--signing-key-file needs --signing-alg EdDSA, ES256 or RS256 (HS256 signs with the secret)",
-            )
-        }
-        Some(path) => {
-            refuse_if_readable_by_others(path, "--signing-key-file", insecure)?;
-            let pem = std::fs::read(path).map_err(|e| {
-                ConfigError(format!("cannot read --signing-key-file {}: {e}", path.display()))
-            })?;
-            let file = KeyFile::parse(&pem).map_err(|e| {
-                ConfigError(format!("--signing-key-file {}: {e}", path.display()))
-            })?;
-            if file.alg != alg {
-                return err(&format!(
-                    "--signing-key-file holds a {} key, but --signing-alg is {}",
-                    file.alg.as_str(),
-                    alg.as_str()
-                ));
-            }
-            Some(file)
-        }
-    };
-    let issuer = match signing.issuer.as_deref().map(str::trim) {
-        None | Some("") => None,
-        Some(url) if url.starts_with("https://") || url.starts_with("http://") => {
-            Some(url.to_string())
-        }
-        Some(_) => return err("--issuer must be an http:// or https:// URL"),
-    };
-    let audiences: Vec<String> = signing
-        .audience
-        .iter()
-        .map(|a| a.trim().to_string())
-        .filter(|a| !a.is_empty())
-        .collect();
-    Ok(SigningConfig {
-        alg,
-        secret: resolve_secret(&common.data, &args.secret)?,
-        previous_secrets: resolve_previous_secrets(signing, insecure)?,
-        key_file,
-        issuer,
-        audiences,
-    })
 }

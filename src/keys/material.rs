@@ -162,7 +162,8 @@ enum JwkMembers<'a> {
 
 /// A private key, parsed once, that signs messages for one algorithm.
 pub enum PrivateKey {
-    Hmac(hmac::Key),
+    /// Boxed: an HMAC key holds its precomputed state (over a kilobyte).
+    Hmac(Box<hmac::Key>),
     Ed25519(Ed25519KeyPair),
     Ecdsa(EcdsaKeyPair),
     Rsa(RsaKeyPair),
@@ -255,7 +256,7 @@ impl PrivateKey {
 
     /// An HMAC-SHA256 key.
     pub fn hmac(secret: &[u8]) -> Self {
-        PrivateKey::Hmac(hmac::Key::new(hmac::HMAC_SHA256, secret))
+        PrivateKey::Hmac(Box::new(hmac::Key::new(hmac::HMAC_SHA256, secret)))
     }
 }
 

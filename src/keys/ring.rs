@@ -26,7 +26,8 @@ pub struct SigningKey {
 }
 
 enum Verifier {
-    Hmac(hmac::Key),
+    /// Boxed: an HMAC key holds its precomputed state (over a kilobyte).
+    Hmac(Box<hmac::Key>),
     Public(ParsedPublicKey),
 }
 
@@ -105,7 +106,10 @@ impl KeyRing {
             };
             verifiers.entry(kid).or_insert(VerifyingKey {
                 alg: SigningAlg::HS256,
-                verifier: Verifier::Hmac(hmac::Key::new(hmac::HMAC_SHA256, secret.bytes())),
+                verifier: Verifier::Hmac(Box::new(hmac::Key::new(
+                    hmac::HMAC_SHA256,
+                    secret.bytes(),
+                ))),
                 refresh: true,
                 access,
             });
