@@ -119,3 +119,18 @@ fn completions_and_the_man_page_are_generated() {
         assert!(page.contains(flag), "{flag} missing from the man page");
     }
 }
+
+/// The README shows the verifiers that the signing tests run, verbatim.
+#[test]
+fn the_readme_verifier_snippets_are_the_tested_files() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    for file in ["verify.py", "verify.mjs", "verify.rs"] {
+        let path = format!("{}/tests/verifiers/{file}", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(path).unwrap();
+        assert!(
+            readme.contains(&format!("\n{text}```")),
+            "the README's copy of tests/verifiers/{file} differs from the file"
+        );
+    }
+}

@@ -18,6 +18,10 @@ use serde_json::{json, Value};
 
 use crate::common::*;
 
+/// The README's Rust verifier, as the README shows it.
+#[path = "../verifiers/verify.rs"]
+mod readme_rust_verifier;
+
 const ADMIN_KEY: &str = "an-admin-key-for-the-signing-tests-0123456789";
 const ASYMMETRIC: [SigningAlg; 3] = [SigningAlg::EdDSA, SigningAlg::ES256, SigningAlg::RS256];
 
@@ -775,15 +779,19 @@ async fn run_verifier(program: &Path, script: &str, args: &[&str]) -> Result<Val
 }
 
 #[tokio::test]
-async fn pyjwt_and_jose_verify_tokens_of_every_algorithm_and_across_a_rotation() {
-    let (python, node) = match tokio::task::spawn_blocking(verifier_tools).await.unwrap() {
-        Ok(tools) => tools,
+async fn the_readme_verifiers_accept_tokens_of_every_algorithm_across_a_rotation() {
+    let tools = match tokio::task::spawn_blocking(verifier_tools).await.unwrap() {
+        Ok(tools) => Some(tools),
         Err(why) if std::env::var_os("CI").is_none() => {
-            eprintln!("SKIPPED: PyJWT and jose could not be installed ({why})");
-            return;
+            eprintln!("SKIPPED the PyJWT and jose checks: they could not be installed ({why})");
+            None
         }
         Err(why) => panic!("the verifier libraries are needed in CI: {why}"),
     };
+    let scripts = tools
+        .iter()
+        .flat_map(|(python, node)| [(python.clone(), "verify.py"), (node.clone(), "verify.mjs")])
+        .collect::<Vec<_>>();
     for alg in ASYMMETRIC {
         let server = TestServer::start_with(|config| {
             config.signing.alg = alg;
@@ -793,39 +801,44 @@ async fn pyjwt_and_jose_verify_tokens_of_every_algorithm_and_across_a_rotation()
         })
         .await;
         let before = server.login("mo@example.com", None).await;
-        // Rotate at once: both verifiers must fetch the key set again for
+        let cached: jsonwebtoken::jwk::JwkSet =
+            serde_json::from_value(jwks(&server.client).await.body).unwrap();
+        // Rotate at once: the verifiers must fetch the key set again for
         // the new key, and still accept the old one.
         assert_eq!(rotate(&server.client, true).await.status, 200);
         let after = server.login("mo@example.com", None).await;
+        let fresh: jsonwebtoken::jwk::JwkSet =
+            serde_json::from_value(jwks(&server.client).await.body).unwrap();
+        let (issuer, audience) = ("https://auth.example.com", "api");
         for token in [&before.access, &after.access] {
-            let args = [
-                &server.url,
-                token.as_str(),
-                "https://auth.example.com",
-                "api",
-            ];
-            for (program, script) in [(&python, "verify.py"), (&node, "verify.mjs")] {
+            let verified = readme_rust_verifier::verify(token, &fresh, issuer, audience)
+                .unwrap_or_else(|e| panic!("verify.rs refused a {alg:?} token: {e}"));
+            assert_eq!(verified["sub"], claims(token)["sub"]);
+            let args = [&server.url, token.as_str(), issuer, audience];
+            for (program, script) in &scripts {
                 let verified = run_verifier(program, script, &args)
                     .await
                     .unwrap_or_else(|e| panic!("{script} refused a {alg:?} token: {e}"));
                 assert_eq!(verified["sub"], claims(token)["sub"]);
             }
         }
-        // And both refuse a refresh token and a token with a broken signature.
+        // A cached set without the new key says so (the caller refetches).
+        assert!(readme_rust_verifier::verify(&after.access, &cached, issuer, audience).is_err());
+        // All refuse a refresh token, a broken signature, another audience.
         // A changed character well inside the signature (the last one may
         // only hold padding bits).
         let mut broken = after.access.clone().into_bytes();
         let at = broken.len() - 10;
         broken[at] = if broken[at] == b'A' { b'B' } else { b'A' };
         let broken = String::from_utf8(broken).unwrap();
-        for token in [&after.refresh, &broken] {
-            let args = [
-                &server.url,
-                token.as_str(),
-                "https://auth.example.com",
-                "api",
-            ];
-            for (program, script) in [(&python, "verify.py"), (&node, "verify.mjs")] {
+        for (token, aud) in [
+            (&after.refresh, audience),
+            (&broken, audience),
+            (&after.access, "other"),
+        ] {
+            assert!(readme_rust_verifier::verify(token, &fresh, issuer, aud).is_err());
+            let args = [&server.url, token.as_str(), issuer, aud];
+            for (program, script) in &scripts {
                 assert!(
                     run_verifier(program, script, &args).await.is_err(),
                     "{script} accepted a bad token"
