@@ -200,8 +200,9 @@ async fn dispatch(
             } else {
                 json_object(&body)?
             };
+            only_fields(&object, &["now"])?;
             let switch_now = match object.get("now") {
-                None | Some(Value::Null) => false,
+                None => false,
                 Some(Value::Bool(now)) => *now,
                 Some(_) => return Err(Error::InvalidRequest("now must be a boolean".into()).into()),
             };

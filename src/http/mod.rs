@@ -250,10 +250,17 @@ where
         admin::Channel::Local => MAX_ADMIN_BODY_BYTES,
         admin::Channel::Tcp => MAX_BODY_BYTES,
     };
-    let body = if matches!(method, Method::POST | Method::PATCH) {
-        read_json_body_limited(request, body_timeout, limit).await?
-    } else {
+    let body = if !matches!(method, Method::POST | Method::PATCH) {
         Bytes::new()
+    } else if request.headers().get(header::CONTENT_TYPE).is_none() {
+        // A POST with no body at all (`keys/rotate`) needs no content type.
+        let body = read_body_limited(request, body_timeout, limit).await?;
+        if !body.is_empty() {
+            return Err(HttpError::UnsupportedMediaType);
+        }
+        body
+    } else {
+        read_json_body_limited(request, body_timeout, limit).await?
     };
     let keys = crate::keys::KeyAdmin::Serving(Arc::clone(&app.keys));
     let target = admin::Target {
@@ -342,6 +349,19 @@ where
     if !is_json(&request) {
         return Err(HttpError::UnsupportedMediaType);
     }
+    read_body_limited(request, timeout, limit).await
+}
+
+/// Reads a body of any type: 413 past `limit`, 408 past `timeout`.
+async fn read_body_limited<B>(
+    request: Request<B>,
+    timeout: Duration,
+    limit: usize,
+) -> Result<Bytes, HttpError>
+where
+    B: hyper::body::Body,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
