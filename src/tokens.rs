@@ -446,6 +446,52 @@ mod tests {
     }
 
     #[test]
+    fn a_previous_secret_verifies_access_tokens_for_one_lifetime_only() {
+        use crate::keys::schedule::plan_start;
+        const TTL: u64 = 3_600_000;
+        let (a, b) = (
+            Secret::new(vec![1; 32]).unwrap(),
+            Secret::new(vec![2; 32]).unwrap(),
+        );
+        let profile = Profile {
+            id: "3".into(),
+            email: "a@b.c".into(),
+            name: "A".into(),
+            role_id: 1,
+        };
+        let now_ms = now() * 1000;
+        let with_a = SigningConfig::hs256(a.clone());
+        let mut first = plan_start(&with_a, TTL, &Default::default(), now_ms - 60_000, false)
+            .unwrap()
+            .unwrap();
+        first.generation += 1;
+        let old_keys =
+            TokenKeys::from_ring(KeyRing::build(&with_a, &first, now_ms).unwrap(), &with_a);
+        let before = old_keys
+            .access_token(profile.clone(), SessionId(1), now() - 10, 3600)
+            .unwrap();
+        let after = old_keys
+            .access_token(profile, SessionId(1), now() + 5, 3600)
+            .unwrap();
+        // Rollover now: --secret B --previous-secret A.
+        let with_b = SigningConfig {
+            previous_secrets: vec![a],
+            ..SigningConfig::hs256(b)
+        };
+        let mut second = plan_start(&with_b, TTL, &first, now_ms, false)
+            .unwrap()
+            .unwrap();
+        second.generation += 1;
+        let keys = TokenKeys::from_ring(KeyRing::build(&with_b, &second, now_ms).unwrap(), &with_b);
+        assert!(keys.verify(&before, TokenType::Access, now()).is_ok());
+        assert!(keys.verify(&after, TokenType::Access, now() + 6).is_err());
+        // One access lifetime later the old secret verifies no access token.
+        let later = now_ms + TTL + 1000;
+        let keys = TokenKeys::from_ring(KeyRing::build(&with_b, &second, later).unwrap(), &with_b);
+        assert!(keys.verify(&before, TokenType::Access, now()).is_err());
+    }
+
+    #[test]
     fn other_keys_algorithms_and_none_are_refused() {
         let keys = keys();
         let other = TokenKeys::new(&Secret::new(vec![7; 32]).unwrap());

@@ -34,8 +34,14 @@ pub struct IncomingHeader {
     pub typ: Option<String>,
     /// RFC 7515 §4.1.11: a token with critical extensions the verifier does
     /// not understand must be refused; latchkey understands none.
-    #[serde(default)]
-    pub crit: Option<serde_json::Value>,
+    #[serde(default, deserialize_with = "present")]
+    pub crit: Option<()>,
+}
+
+/// `Some` for a member that is there at all, even as `null`.
+fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<()>, D::Error> {
+    serde::de::IgnoredAny::deserialize(deserializer)?;
+    Ok(Some(()))
 }
 
 /// The encoded header for tokens signed by key `kid` with `alg`, of JOSE
@@ -124,6 +130,21 @@ mod tests {
             "the signing input is header.payload"
         );
         assert_eq!(decode_payload(parts.payload).unwrap(), br#"{"sub":"1"}"#);
+    }
+
+    #[test]
+    fn a_crit_member_is_seen_even_as_null() {
+        for crit in [r#""crit":null,"#, r#""crit":["exp"],"#] {
+            let header = B64.encode(format!(r#"{{{crit}"alg":"HS256","kid":"k"}}"#));
+            let token = format!("{header}.e30.AAAA");
+            assert!(split(&token).unwrap().header.crit.is_some(), "{crit}");
+        }
+        let header = B64.encode(r#"{"alg":"HS256","kid":"k"}"#);
+        assert!(split(&format!("{header}.e30.AAAA"))
+            .unwrap()
+            .header
+            .crit
+            .is_none());
     }
 
     #[test]

@@ -90,6 +90,26 @@ impl Keys {
                     if !store.replace_signing_keys(next.clone()).await? {
                         continue;
                     }
+                    let signing = |set: &KeySet| {
+                        set.keys
+                            .iter()
+                            .find(|k| k.state(now) == KeyState::Current)
+                            .map(|k| (k.kid.clone(), k.alg.as_str()))
+                    };
+                    if let (Some(before), Some(after)) = (signing(&set), signing(&next)) {
+                        if before != after {
+                            // Worth a look if nobody meant it (a lost
+                            // --signing-alg flag falls back to HS256).
+                            tracing::warn!(
+                                event = "signing_key_switched",
+                                from_kid = %before.0,
+                                from_alg = before.1,
+                                to_kid = %after.0,
+                                to_alg = after.1,
+                                "access tokens are now signed with another key; the old one verifies until its tokens expire"
+                            );
+                        }
+                    }
                     next.generation += 1;
                     next
                 }
@@ -108,40 +128,48 @@ impl Keys {
     }
 
     /// Rebuilds the ring if the stored set changed (another instance
-    /// rotated) or a key of it expired.
+    /// rotated) or a key of it expired. An expired key leaves the ring even
+    /// when the store cannot be read or written.
     pub async fn reload(&self) -> Result<(), Error> {
+        let _changing = self.changing.lock().await;
         let now = self.clock.now_millis();
         let ring = self.tokens.ring();
-        let set = self.store.signing_keys().await?;
         let expired = ring.rebuild_at.is_some_and(|at| now >= at);
-        if set.generation == ring.generation && !expired {
+        let set = match self.store.signing_keys().await {
+            Ok(set) => set,
+            Err(e) => {
+                if expired {
+                    if let Ok(rebuilt) = KeyRing::build(&self.config, &ring.set, now) {
+                        self.tokens.replace_ring(rebuilt);
+                    }
+                }
+                return Err(e.into());
+            }
+        };
+        if set.generation < ring.generation || (set.generation == ring.generation && !expired) {
             return Ok(());
         }
-        let _changing = self.changing.lock().await;
-        // Drop expired keys from the store too, so the set stays small.
-        let expired_keys = |set: &KeySet| {
-            set.generation > 0 && set.keys.iter().any(|k| k.state(now) == KeyState::Expired)
-        };
-        let set = if expired_keys(&set) {
+        // Drop expired keys from the store too, so the set stays small. The
+        // ring leaves them out whether or not this write succeeds.
+        let mut set = set;
+        if set.generation > 0 && set.keys.iter().any(|k| k.state(now) == KeyState::Expired) {
             let mut pruned = set.clone();
             pruned.keys.retain(|k| k.state(now) != KeyState::Expired);
-            if self.store.replace_signing_keys(pruned.clone()).await? {
-                pruned.generation += 1;
-                pruned
-            } else {
-                self.store.signing_keys().await?
+            match self.store.replace_signing_keys(pruned.clone()).await {
+                Ok(true) => {
+                    pruned.generation += 1;
+                    set = pruned;
+                }
+                // Changed elsewhere meanwhile: the next reload reads it.
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "dropping expired signing keys from the store failed")
+                }
             }
-        } else {
-            set
-        };
-        match KeyRing::build(&self.config, &set, now) {
-            Ok(ring) => {
-                self.tokens.replace_ring(ring);
-                Ok(())
-            }
-            // Keep signing with the ring we have; say why every reload.
-            Err(e) => Err(key_error(e)),
         }
+        let ring = KeyRing::build(&self.config, &set, now).map_err(key_error)?;
+        self.tokens.replace_ring(ring);
+        Ok(())
     }
 
     /// Reloads every `interval`, forever.

@@ -289,6 +289,12 @@ pub fn generate_pkcs8(alg: SigningAlg) -> Result<Vec<u8>, KeyError> {
 pub fn read_pkcs8_pem(pem: &[u8]) -> Result<(SigningAlg, Vec<u8>), KeyError> {
     let (label, der) = pem_rfc7468::decode_vec(pem)
         .map_err(|_| key_error("not a PEM file (expected -----BEGIN PRIVATE KEY-----, PKCS#8)"))?;
+    if label == "ENCRYPTED PRIVATE KEY" {
+        return Err(key_error(
+            "the key is encrypted; latchkey reads unencrypted PKCS#8 (mode 0600 protects it). \
+             Decrypt it with: openssl pkcs8 -in encrypted.pem -out key.pem",
+        ));
+    }
     if label != "PRIVATE KEY" {
         return Err(key_error(format!(
             "the PEM block is `{label}`; latchkey reads unencrypted PKCS#8 (`PRIVATE KEY`). \

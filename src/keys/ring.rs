@@ -65,6 +65,9 @@ static RING_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::ne
 pub struct KeyRing {
     /// Unique in this process.
     pub id: u64,
+    /// The stored set it was built from, to rebuild it when a key expires
+    /// even if the store cannot be read then.
+    pub set: KeySet,
     /// The stored set's generation this ring was built from (0: no store).
     pub generation: u64,
     refresh: SigningKey,
@@ -94,14 +97,17 @@ impl KeyRing {
             .filter(|k| k.state(now) != KeyState::Expired)
             .collect();
         let mut verifiers = HashMap::new();
+        let current_kid = secret_kid(&config.secret);
         let secrets = std::iter::once(&config.secret).chain(&config.previous_secrets);
         for secret in secrets {
             let kid = secret_kid(secret);
             let access = match live.iter().find(|k| k.kid == kid) {
                 Some(entry) => Some(entry.signs_until),
-                // Not in the set: tokens of this secret from before the set
-                // existed (or a ring without a store) under HS256.
-                None if config.alg == SigningAlg::HS256 => Some(None),
+                // The current secret under HS256 in a ring without a store
+                // (tests, bench). A previous secret verifies access tokens
+                // only while its entry lives: one access lifetime after it
+                // stopped signing, and never again after that.
+                None if config.alg == SigningAlg::HS256 && kid == current_kid => Some(None),
                 None => None,
             };
             verifiers.entry(kid).or_insert(VerifyingKey {
@@ -171,6 +177,7 @@ impl KeyRing {
         let rebuild_at = live.iter().filter_map(|k| k.published_until).min();
         Ok(KeyRing {
             id: RING_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            set: set.clone(),
             generation: set.generation,
             refresh,
             access,

@@ -10,6 +10,13 @@ use super::material::{generate_pkcs8, KeyError, PrivateKey};
 use super::{secret_kid, KeySet, KeyState, SigningAlg, SigningConfig, StoredKey};
 use crate::session::Millis;
 
+/// How far a stored key's creation may be ahead of this machine's clock
+/// (another instance's clock a little ahead) before a start is refused.
+const CLOCK_SLACK_MILLIS: Millis = 60_000;
+
+/// Most keys kept at once (each rotation adds one for an access lifetime).
+pub const MAX_KEYS: usize = 16;
+
 /// How long verifiers may cache the JWKS (`Cache-Control: max-age`), in
 /// seconds. A rotated key is published this long before it signs.
 pub const JWKS_MAX_AGE_SECS: u64 = 300;
@@ -68,12 +75,52 @@ pub fn plan_start(
     now: Millis,
     has_sessions: bool,
 ) -> Result<Option<KeySet>, KeyError> {
+    // A clock stepped back behind the set would make the signing key look
+    // like one that never signed (and drop it): refuse instead.
+    if let Some(key) = set
+        .keys
+        .iter()
+        .find(|k| k.created_at > now + CLOCK_SLACK_MILLIS)
+    {
+        return Err(KeyError(format!(
+            "signing key {} was created at {} (Unix ms), after this machine's time {now}: \
+             is the clock behind? Fix it before starting",
+            key.kid, key.created_at
+        )));
+    }
     let mut next = set.clone();
     next.keys.retain(|k| k.state(now) != KeyState::Expired);
     if set.generation == 0 {
         next.untyped_tokens_before = if has_sessions { now } else { 0 };
+        // Previous secrets named at the first start may have signed access
+        // tokens before the set existed: they get the same one access
+        // lifetime as a secret retired now (and none after it).
+        for secret in &config.previous_secrets {
+            let kid = secret_kid(secret);
+            if kid != secret_kid(&config.secret) && next.keys.iter().all(|k| k.kid != kid) {
+                next.keys.push(StoredKey {
+                    kid,
+                    alg: SigningAlg::HS256,
+                    private_pkcs8: None,
+                    public_jwk: None,
+                    created_at: now,
+                    signs_from: 0,
+                    signs_until: Some(now),
+                    published_until: Some(now.saturating_add(access_ttl)),
+                });
+            }
+        }
     }
+    // Tokens signed before a change of the lifetime may live as long as the
+    // longer of the two: keys retired now, or scheduled to, stay that long.
+    let retire_ttl = access_ttl.max(set.access_ttl);
     next.access_ttl = access_ttl;
+    for key in &mut next.keys {
+        if let Some(until) = key.signs_until.filter(|until| *until > now) {
+            let wanted = until.saturating_add(retire_ttl);
+            key.published_until = Some(key.published_until.map_or(wanted, |p| p.max(wanted)));
+        }
+    }
     let wanted = match (config.alg, &config.key_file) {
         (SigningAlg::HS256, _) => Wanted::Secret(secret_kid(&config.secret)),
         (_, Some(file)) => Wanted::File(file),
@@ -116,7 +163,7 @@ pub fn plan_start(
             Wanted::Generated(alg) => generate_key(alg, now, now)?,
         };
         if let Some(i) = current {
-            retire(&mut next.keys[i], now, access_ttl);
+            retire(&mut next.keys[i], now, retire_ttl);
         }
         next.keys
             .retain(|k| k.state(now) != KeyState::Next && k.kid != fresh.kid);
@@ -168,6 +215,12 @@ pub fn plan_rotation(
         );
     }
     let ttl = set.access_ttl;
+    if next.keys.len() >= MAX_KEYS {
+        return refuse(format!(
+            "{} keys are kept already (at most {MAX_KEYS}); retired ones leave one access-token lifetime after they stop signing",
+            next.keys.len()
+        ));
+    }
     if let Some(pending) = next
         .keys
         .iter()
@@ -318,6 +371,33 @@ mod tests {
             plan_start(&config(SigningAlg::EdDSA), TTL, &promoted, 4000, false)
                 .unwrap()
                 .is_none()
+        );
+    }
+
+    #[test]
+    fn a_clock_behind_the_set_is_refused_and_a_longer_lifetime_extends_retirements() {
+        let start = 10_000_000;
+        let set = started(&config(SigningAlg::EdDSA), &KeySet::default(), start);
+        assert!(plan_start(&config(SigningAlg::EdDSA), TTL, &set, 1000, false).is_err());
+        let (mut rotated, _) = plan_rotation(&set, start + 1000, false).unwrap().unwrap();
+        rotated.generation += 1;
+        let longer = plan_start(
+            &config(SigningAlg::EdDSA),
+            2 * TTL,
+            &rotated,
+            start + 2000,
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        let old = longer
+            .keys
+            .iter()
+            .find(|k| k.signs_until.is_some())
+            .unwrap();
+        assert_eq!(
+            old.published_until,
+            Some(old.signs_until.unwrap() + 2 * TTL)
         );
     }
 
