@@ -32,6 +32,11 @@ pub struct App {
     pub space: Arc<SpaceGuard>,
     /// What /metrics reports.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The revocation feed (`/oauth/revocations`).
+    pub revocations: crate::revocations::RevocationFeed,
+    /// Set to `true` when the server stops taking connections: long polls
+    /// answer at once, so the graceful shutdown is not held up.
+    pub stopping: tokio::sync::watch::Sender<bool>,
     /// Set when a stop signal arrived: /readyz answers 503 from then on.
     pub draining: std::sync::atomic::AtomicBool,
     /// Request ids: a random prefix for this process and a counter.
@@ -86,6 +91,11 @@ impl App {
             )
             .await?,
         );
+        let revocations = crate::revocations::RevocationFeed::new(
+            Arc::clone(&store),
+            config.lifetimes.access_ttl,
+            Clock::default(),
+        );
         let auth = Auth::new(
             store,
             keys.tokens(),
@@ -115,6 +125,8 @@ impl App {
         Ok(Arc::new(App {
             auth,
             keys,
+            revocations,
+            stopping: tokio::sync::watch::Sender::new(false),
             config,
             space,
             metrics,
@@ -171,7 +183,8 @@ impl App {
             .await
     }
 
-    /// Runs [`App::sweep_expired_sessions`] every `interval`, forever.
+    /// Runs [`App::sweep_expired_sessions`] (and prunes the revocation
+    /// log) every `interval`, forever.
     pub async fn run_sweeper(self: Arc<Self>, interval: Duration) {
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -181,6 +194,11 @@ impl App {
                 Ok(0) => {}
                 Ok(removed) => tracing::info!(removed, "swept expired sessions"),
                 Err(e) => tracing::warn!(error = %e, "session sweep failed"),
+            }
+            match self.revocations.prune().await {
+                Ok(0) => {}
+                Ok(pruned) => tracing::info!(pruned, "pruned the revocation log"),
+                Err(e) => tracing::warn!(error = %e, "pruning the revocation log failed"),
             }
         }
     }

@@ -92,6 +92,16 @@ pub struct ProfileChange {
     pub email: Option<String>,
 }
 
+/// What introspection answers.
+#[derive(Debug)]
+pub enum Introspection {
+    Inactive,
+    Active {
+        token_type: TokenType,
+        claims: crate::tokens::Claims,
+    },
+}
+
 pub struct Auth {
     store: Arc<dyn Store>,
     keys: Arc<TokenKeys>,
@@ -247,6 +257,76 @@ impl Auth {
             session_id: verified.session_id,
             profile,
         })
+    }
+
+    /// RFC 7662 introspection: whether `token` is one latchkey would accept
+    /// now (an access token of a live session; a refresh token that refresh
+    /// would accept, the grace window included), from the same state as
+    /// [`Auth::authenticate`]. Changes nothing: a rotated refresh token
+    /// presented here is not a reuse. `hint` only says which type to try first.
+    pub async fn introspect(
+        &self,
+        token: &str,
+        hint: Option<TokenType>,
+    ) -> Result<Introspection, Error> {
+        let (now_secs, now) = (self.clock.now_secs(), self.clock.now_millis());
+        let order = match hint {
+            Some(TokenType::Refresh) => [TokenType::Refresh, TokenType::Access],
+            _ => [TokenType::Access, TokenType::Refresh],
+        };
+        for kind in order {
+            let Ok(verified) = self.keys.verify(token, kind, now_secs) else {
+                continue;
+            };
+            let session = self
+                .store
+                .session(verified.session_id)
+                .await?
+                .filter(|s| s.user_id == verified.user_id);
+            let active = session.is_some_and(|session| match kind {
+                TokenType::Access => session.is_live(now),
+                TokenType::Refresh => matches!(
+                    session.decide(verified.token_id, now, self.rotation_policy()),
+                    RefreshDecision::Rotated | RefreshDecision::GraceReplay
+                ),
+            });
+            return Ok(if active {
+                Introspection::Active {
+                    token_type: kind,
+                    claims: verified.claims,
+                }
+            } else {
+                Introspection::Inactive
+            });
+        }
+        Ok(Introspection::Inactive)
+    }
+
+    /// RFC 7009 revocation: a valid token (refresh or access) ends its own
+    /// session; anything else changes nothing, and the caller is told
+    /// nothing either way.
+    pub async fn revoke_token(&self, token: &str, hint: Option<TokenType>) -> Result<(), Error> {
+        let order = match hint {
+            Some(TokenType::Access) => [TokenType::Access, TokenType::Refresh],
+            _ => [TokenType::Refresh, TokenType::Access],
+        };
+        for kind in order {
+            if let Ok(verified) = self.keys.verify(token, kind, self.clock.now_secs()) {
+                let revoked = self
+                    .store
+                    .revoke_session(
+                        verified.session_id,
+                        verified.user_id,
+                        self.clock.now_millis(),
+                    )
+                    .await?;
+                if revoked {
+                    tracing::info!(user_id = verified.user_id, session = ?verified.session_id, "session revoked through /oauth/revoke");
+                }
+                return Ok(());
+            }
+        }
+        Ok(())
     }
 
     /// Changes the caller's name or email; tokens issued from then on carry them.

@@ -400,6 +400,12 @@ pub struct ServeArgs {
     #[arg(long, env = "LATCHKEY_ADMIN_KEY_FILE")]
     pub admin_key_file: Option<PathBuf>,
 
+    /// A key that lets a service call /oauth/introspect and /oauth/revocations
+    /// (repeatable: one per service, or an old and a new one while rotating;
+    /// at least 32 bytes each; refused when others may read it).
+    #[arg(long, env = "LATCHKEY_VERIFIER_KEY_FILE", value_delimiter = ',')]
+    pub verifier_key_file: Vec<PathBuf>,
+
     /// Users with this role id may call /admin/… with their access token;
     /// repeatable or comma-separated.
     #[arg(long, env = "LATCHKEY_ADMIN_ROLE", value_delimiter = ',')]

@@ -247,6 +247,8 @@ pub struct ServeConfig {
     pub registration: Option<crate::auth::Registration>,
     /// The admin API key; `None` without `--admin-key-file`.
     pub admin_key: Option<Secret>,
+    /// Keys of the services that may call introspection and the revocation feed.
+    pub verifier_keys: Vec<Secret>,
     /// Roles whose access tokens may call the admin API.
     pub admin_roles: Vec<i64>,
     /// The admin Unix socket; `None` with `--no-admin-socket`.
@@ -340,6 +342,17 @@ impl ServeConfig {
                     )
                 })
                 .transpose()?,
+            verifier_keys: args
+                .verifier_key_file
+                .iter()
+                .map(|path| {
+                    crate::secrets::read_key_file(
+                        path,
+                        "--verifier-key-file",
+                        args.secret.insecure_secret_file,
+                    )
+                })
+                .collect::<Result<_, _>>()?,
             admin_roles: args.admin_role.clone(),
             admin_socket: if args.no_admin_socket {
                 None

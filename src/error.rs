@@ -39,6 +39,11 @@ pub enum Error {
     },
     /// Too many password hashes are running or waiting; retry shortly.
     Overloaded,
+    /// A caller of introspection or the revocation feed without a valid
+    /// verifier key (or the admin key).
+    InvalidClient,
+    /// A revocation-feed cursor the log can no longer serve.
+    CursorExpired,
     /// `keys rotate` does not apply to the key set as it is; the text says why.
     CannotRotate(String),
     /// The database cannot serve the request right now.
@@ -80,6 +85,8 @@ impl fmt::Display for Error {
             }
             Error::Overloaded => f.write_str("password hashing overloaded"),
             Error::CannotRotate(why) => write!(f, "cannot rotate: {why}"),
+            Error::InvalidClient => f.write_str("invalid client credentials"),
+            Error::CursorExpired => f.write_str("cursor expired"),
             Error::Unavailable(cause) => write!(f, "unavailable: {cause}"),
             Error::Internal(cause) => write!(f, "internal: {cause}"),
         }

@@ -25,6 +25,7 @@ pub mod http;
 pub mod keys;
 pub mod metrics;
 pub mod passwords;
+pub mod revocations;
 pub mod secrets;
 pub mod server;
 pub mod session;

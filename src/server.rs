@@ -309,6 +309,7 @@ pub async fn serve(
     }
 
     drop(listener);
+    app.stopping.send_replace(true);
     sweeper.abort();
     key_reloader.abort();
     let deadline = app.config.shutdown_timeout;

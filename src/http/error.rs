@@ -142,6 +142,16 @@ pub fn describe_domain(error: &Error) -> (StatusCode, &'static str, String) {
             "too many logins at once; retry shortly".into(),
         ),
         Error::CannotRotate(why) => (S::CONFLICT, "cannot_rotate", why.clone()),
+        Error::InvalidClient => (
+            S::UNAUTHORIZED,
+            "invalid_client",
+            "a verifier key (or the admin key) is required: Authorization: Bearer <key>".into(),
+        ),
+        Error::CursorExpired => (
+            S::GONE,
+            "cursor_expired",
+            "this cursor can no longer be served; read the feed again without `after`".into(),
+        ),
         Error::Unavailable(_) => (
             S::SERVICE_UNAVAILABLE,
             "unavailable",

@@ -11,6 +11,7 @@ mod cors;
 pub mod decode;
 pub mod error;
 mod handlers;
+mod oauth;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -112,6 +113,10 @@ pub fn route_template(path: &str) -> &'static str {
         "/readyz" => "/readyz",
         "/openapi.json" => "/openapi.json",
         "/.well-known/jwks.json" => "/.well-known/jwks.json",
+        "/.well-known/oauth-authorization-server" => "/.well-known/oauth-authorization-server",
+        "/oauth/introspect" => "/oauth/introspect",
+        "/oauth/revoke" => "/oauth/revoke",
+        "/oauth/revocations" => "/oauth/revocations",
         "/admin/users" => "/admin/users",
         "/admin/keys" => "/admin/keys",
         "/admin/keys/rotate" => "/admin/keys/rotate",
@@ -164,6 +169,13 @@ async fn route(
         ("/readyz", Method::GET) => handlers::readyz(app).await,
         ("/openapi.json", Method::GET) => Ok(openapi_document()),
         ("/.well-known/jwks.json", Method::GET) => Ok(jwks_document(app)),
+        ("/.well-known/oauth-authorization-server", Method::GET) => oauth::server_metadata(app),
+        ("/oauth/introspect", Method::POST) => oauth::introspect(app, request).await,
+        ("/oauth/revoke", Method::POST) => oauth::revoke(app, request).await,
+        ("/oauth/revocations", Method::GET) => oauth::revocation_feed(app, &request).await,
+        ("/oauth/introspect" | "/oauth/revoke", _) => {
+            Err(HttpError::MethodNotAllowed { allow: "POST" })
+        }
         (
             "/auth/login" | "/auth/refresh" | "/auth/logout" | "/auth/register" | "/auth/password",
             _,
@@ -172,7 +184,13 @@ async fn route(
             allow: "GET, PATCH",
         }),
         (
-            "/auth/sessions" | "/healthz" | "/readyz" | "/openapi.json" | "/.well-known/jwks.json",
+            "/auth/sessions"
+            | "/healthz"
+            | "/readyz"
+            | "/openapi.json"
+            | "/.well-known/jwks.json"
+            | "/.well-known/oauth-authorization-server"
+            | "/oauth/revocations",
             _,
         ) => Err(HttpError::MethodNotAllowed { allow: "GET" }),
         (path, method) => {
@@ -353,7 +371,7 @@ where
 }
 
 /// Reads a body of any type: 413 past `limit`, 408 past `timeout`.
-async fn read_body_limited<B>(
+pub(crate) async fn read_body_limited<B>(
     request: Request<B>,
     timeout: Duration,
     limit: usize,

@@ -173,6 +173,31 @@ pub enum GlobalLogout {
     Refused(RefreshDecision),
 }
 
+/// A session that ended before its time (logout, reuse, revocation, a
+/// password change, a disable or removal of its user, the session cap), as
+/// logged for the revocation feed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Revocation {
+    /// Position in the log: increasing, never reused in one database.
+    pub seq: u64,
+    pub session_id: SessionId,
+    pub user_id: UserId,
+    pub ended_at: Millis,
+}
+
+/// A page of the revocation log, and where the log stands.
+#[derive(Debug, Clone, Default)]
+pub struct RevocationPage {
+    /// Identifies this database's log: a cursor of another one is refused.
+    pub epoch: u64,
+    /// The newest entry's `seq` (0: none yet).
+    pub last_seq: u64,
+    /// Entries up to this `seq` were pruned: a cursor before it cannot be served.
+    pub pruned_through: u64,
+    /// Oldest first.
+    pub entries: Vec<Revocation>,
+}
+
 /// A storage failure. Never shown to clients (they get `unavailable`).
 #[derive(Debug, Clone)]
 pub enum StoreError {
@@ -323,6 +348,15 @@ pub trait Store: Send + Sync + 'static {
         clock: &Clock,
         policy: RotationPolicy,
     ) -> StoreResult<GlobalLogout>;
+    /// Up to `limit` entries of the revocation log after `after` (from the
+    /// start without). Every way a session ends early, in every method of
+    /// this trait, appends an entry in the same transaction.
+    async fn revocations(&self, after: Option<u64>, limit: usize) -> StoreResult<RevocationPage>;
+    /// Deletes up to `limit` of the oldest log entries that ended before
+    /// `ended_before`.
+    async fn prune_revocations(&self, ended_before: Millis, limit: usize) -> StoreResult<usize>;
+    /// Changes after every commit that logged a revocation.
+    fn watch_revocations(&self) -> tokio::sync::watch::Receiver<u64>;
     /// Deletes up to `limit` sessions whose absolute end is before `now`.
     async fn sweep_expired_sessions(&self, now: Millis, limit: usize) -> StoreResult<usize>;
     /// How many sessions are stored (live, and ended ones until swept).

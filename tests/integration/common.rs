@@ -72,6 +72,7 @@ pub fn test_config(data: &Path) -> ServeConfig {
         max_sessions_per_user: 100,
         registration: None,
         admin_key: None,
+        verifier_keys: Vec::new(),
         admin_roles: Vec::new(),
         admin_socket: None,
         admin_socket_explicit: false,

@@ -13,5 +13,6 @@ mod durability;
 mod hardening;
 mod limits;
 mod operations;
+mod revocation;
 mod signing;
 mod throttle;

@@ -15,8 +15,8 @@ use redb::{
 };
 
 use super::{
-    backend, create_tables, META, SESSIONS, SESSION_EXPIRY, SIGNING_KEYS, USERS, USER_EMAILS,
-    USER_SESSIONS,
+    backend, create_tables, META, REVOCATIONS, SESSIONS, SESSION_EXPIRY, SIGNING_KEYS, USERS,
+    USER_EMAILS, USER_SESSIONS,
 };
 use crate::store::{StoreError, StoreResult};
 
@@ -57,6 +57,12 @@ pub(super) fn copy_snapshot(snapshot: &ReadTransaction, target: &Path) -> StoreR
         copy_table(snapshot, &db, SESSION_EXPIRY)?;
         copy_table(snapshot, &db, META)?;
         copy_table(snapshot, &db, SIGNING_KEYS)?;
+        copy_table(snapshot, &db, REVOCATIONS)?;
+        // A copy is a database of its own: cursors of the revocation feed
+        // handed out by the original must not pass for its own.
+        let txn = db.begin_write().map_err(backend)?;
+        super::records::new_revocation_epoch(&txn)?;
+        txn.commit().map_err(backend)?;
         Ok::<_, StoreError>(())
     })();
     // Published with a hard link, which fails rather than replace a file

@@ -15,6 +15,7 @@
 //! - `user_sessions`: (user id, session id), for global logout and user removal;
 //! - `session_expiry`: (absolute end, session id), for the sweep;
 //! - `signing_keys`: kid → JSON record of one signing key (see [`crate::keys`]);
+//! - `revocations`: seq → a session that ended early, for the revocation feed;
 //! - `meta`: counters (the next user id; ids are never reused) and the key
 //!   set's generation, untyped-token cutoff and access-token lifetime.
 //!
@@ -50,8 +51,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::space::SpaceGuard;
 use super::{
-    GlobalLogout, Import, NewSession, NewUser, RefreshOutcome, RevokeSessions, Store, StoreError,
-    StoreResult, User, UserChange, UserPage, UserUpdate,
+    GlobalLogout, Import, NewSession, NewUser, RefreshOutcome, RevocationPage, RevokeSessions,
+    Store, StoreError, StoreResult, User, UserChange, UserPage, UserUpdate,
 };
 use crate::clock::Clock;
 use crate::keys::KeySet;
@@ -60,8 +61,8 @@ use crate::session::{
 };
 use file::Opener;
 use records::{
-    decode_user, delete_session, encode_user, put_session, read_session, read_session_in_write,
-    read_user, read_user_in_write, session_ids_of_user,
+    decode_user, delete_session, encode_user, end_session, log_revocation, put_session,
+    read_session, read_session_in_write, read_user, read_user_in_write, session_ids_of_user,
 };
 use writer::{run_writer, Pending, WriteJob};
 
@@ -77,6 +78,11 @@ const SIGNING_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("signing
 const KEY_SET_GENERATION: &str = "key_set_generation";
 const UNTYPED_TOKENS_BEFORE: &str = "untyped_tokens_before";
 const KEY_ACCESS_TTL: &str = "key_access_ttl";
+/// seq → revocation record (see `records::log_revocation`).
+const REVOCATIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("revocations");
+const REVOCATION_NEXT_SEQ: &str = "revocation_next_seq";
+const REVOCATION_EPOCH: &str = "revocation_epoch";
+const REVOCATIONS_PRUNED_THROUGH: &str = "revocations_pruned_through";
 
 /// Most operations applied in one write transaction.
 const MAX_BATCH: usize = 512;
@@ -140,6 +146,10 @@ pub struct RedbStore {
     metrics: Arc<std::sync::OnceLock<crate::metrics::WorkMetrics>>,
     jobs: Option<mpsc::Sender<Box<dyn WriteJob>>>,
     writer: Option<JoinHandle<()>>,
+    /// Bumped by the writer after each commit that logged a revocation.
+    revocations: tokio::sync::watch::Receiver<u64>,
+    /// When sessions ended, for the revocation log.
+    clock: Clock,
 }
 
 impl RedbStore {
@@ -235,15 +245,27 @@ impl RedbStore {
         let writer_slot = Arc::clone(&slot);
         let metrics = Arc::new(std::sync::OnceLock::new());
         let writer_metrics = Arc::clone(&metrics);
+        let (revoked, revocations) = tokio::sync::watch::channel(0u64);
         let writer = std::thread::Builder::new()
             .name("latchkey-writer".into())
-            .spawn(move || run_writer(&writer_slot, &opener, &space, &writer_metrics, queue))
+            .spawn(move || {
+                run_writer(
+                    &writer_slot,
+                    &opener,
+                    &space,
+                    &writer_metrics,
+                    &revoked,
+                    queue,
+                )
+            })
             .map_err(backend)?;
         Ok(RedbStore {
             slot,
             metrics,
             jobs: Some(jobs),
             writer: Some(writer),
+            revocations,
+            clock: Clock::default(),
         })
     }
 
@@ -343,7 +365,7 @@ impl RedbStore {
 }
 
 /// Deletes a user, their email's index entry and all of their sessions.
-fn delete_user_in(txn: &WriteTransaction, id: UserId) -> StoreResult<Option<User>> {
+fn delete_user_in(txn: &WriteTransaction, id: UserId, now: Millis) -> StoreResult<Option<User>> {
     let Some(user) = read_user_in_write(txn, id)? else {
         return Ok(None);
     };
@@ -357,6 +379,9 @@ fn delete_user_in(txn: &WriteTransaction, id: UserId) -> StoreResult<Option<User
         .map_err(backend)?;
     for sid in session_ids_of_user(txn, id)? {
         if let Some(session) = read_session_in_write(txn, SessionId(sid))? {
+            if session.is_live(now) {
+                log_revocation(txn, SessionId(sid), id, now)?;
+            }
             delete_session(txn, sid, &session)?;
         }
     }
@@ -368,6 +393,7 @@ fn revoke_all_sessions(
     txn: &WriteTransaction,
     user_id: UserId,
     except: Option<SessionId>,
+    now: Millis,
 ) -> StoreResult<usize> {
     let mut revoked = 0;
     for sid in session_ids_of_user(txn, user_id)? {
@@ -375,10 +401,13 @@ fn revoke_all_sessions(
             continue;
         }
         if let Some(mut target) = read_session_in_write(txn, SessionId(sid))? {
-            if !target.revoked {
+            if target.is_live(now) {
+                end_session(txn, SessionId(sid), &mut target, now)?;
+                revoked += 1;
+            } else if !target.revoked {
+                // Expired already: nothing of it is valid; mark it all the same.
                 target.revoked = true;
                 put_session(txn, SessionId(sid), &target)?;
-                revoked += 1;
             }
         }
     }
@@ -418,8 +447,7 @@ fn make_room_for_a_session(
             break;
         }
         if session.is_live(new.created_at) {
-            session.revoked = true;
-            put_session(txn, SessionId(*sid), session)?;
+            end_session(txn, SessionId(*sid), session, new.created_at)?;
             to_revoke -= 1;
             revoked += 1;
         }
@@ -447,6 +475,16 @@ fn create_tables(db: &Database) -> StoreResult<()> {
     txn.open_table(SESSION_EXPIRY).map_err(backend)?;
     txn.open_table(META).map_err(backend)?;
     txn.open_table(SIGNING_KEYS).map_err(backend)?;
+    txn.open_table(REVOCATIONS).map_err(backend)?;
+    let has_epoch = txn
+        .open_table(META)
+        .map_err(backend)?
+        .get(REVOCATION_EPOCH)
+        .map_err(backend)?
+        .is_some();
+    if !has_epoch {
+        records::new_revocation_epoch(&txn)?;
+    }
     txn.commit().map_err(backend)
 }
 
@@ -521,6 +559,7 @@ impl Store for RedbStore {
 
     async fn remove_user(&self, email: &str) -> StoreResult<Option<User>> {
         let email = email.to_string();
+        let clock = self.clock.clone();
         self.write(move |txn| {
             let id = txn
                 .open_table(USER_EMAILS)
@@ -529,7 +568,7 @@ impl Store for RedbStore {
                 .map_err(backend)?
                 .map(|v| v.value());
             match id {
-                Some(id) => delete_user_in(txn, id),
+                Some(id) => delete_user_in(txn, id, clock.now_millis()),
                 None => Ok(None),
             }
         })
@@ -561,6 +600,7 @@ impl Store for RedbStore {
     }
 
     async fn update_user(&self, id: UserId, change: UserChange) -> StoreResult<UserUpdate> {
+        let clock = self.clock.clone();
         self.write(move |txn| {
             let Some(mut user) = read_user_in_write(txn, id)? else {
                 return Ok(UserUpdate::NotFound);
@@ -595,14 +635,16 @@ impl Store for RedbStore {
                 RevokeSessions::All => None,
                 RevokeSessions::AllExcept(keep) => Some(keep),
             };
-            revoke_all_sessions(txn, id, except)?;
+            revoke_all_sessions(txn, id, except, clock.now_millis())?;
             Ok(UserUpdate::Updated(user))
         })
         .await
     }
 
     async fn delete_user(&self, id: UserId) -> StoreResult<Option<User>> {
-        self.write(move |txn| delete_user_in(txn, id)).await
+        let clock = self.clock.clone();
+        self.write(move |txn| delete_user_in(txn, id, clock.now_millis()))
+            .await
     }
 
     async fn import_users(&self, users: Vec<NewUser>) -> StoreResult<Import> {
@@ -640,7 +682,8 @@ impl Store for RedbStore {
     }
 
     async fn revoke_sessions_of_user(&self, id: UserId) -> StoreResult<usize> {
-        self.write(move |txn| revoke_all_sessions(txn, id, None))
+        let clock = self.clock.clone();
+        self.write(move |txn| revoke_all_sessions(txn, id, None, clock.now_millis()))
             .await
     }
 
@@ -761,9 +804,13 @@ impl Store for RedbStore {
             if user.disabled {
                 session.revoked = true;
             }
-            let decision = session.refresh(presented, clock.now_millis(), policy, fresh_jti);
+            let now = clock.now_millis();
+            let decision = session.refresh(presented, now, policy, fresh_jti);
             if decision.changes_session() {
                 put_session(txn, id, &session)?;
+            }
+            if decision == RefreshDecision::Reused {
+                log_revocation(txn, id, user_id, now)?;
             }
             Ok(RefreshOutcome::Decided {
                 decision,
@@ -787,8 +834,7 @@ impl Store for RedbStore {
             if session.user_id != user_id || !session.is_live(now) {
                 return Ok(false);
             }
-            session.revoked = true;
-            put_session(txn, id, &session)?;
+            end_session(txn, id, &mut session, now)?;
             Ok(true)
         })
         .await
@@ -817,10 +863,11 @@ impl Store for RedbStore {
             {
                 if refused == RefreshDecision::Reused {
                     put_session(txn, id, &session)?;
+                    log_revocation(txn, id, user_id, clock.now_millis())?;
                 }
                 return Ok(GlobalLogout::Refused(refused));
             }
-            let revoked = revoke_all_sessions(txn, user_id, None)?;
+            let revoked = revoke_all_sessions(txn, user_id, None, clock.now_millis())?;
             Ok(GlobalLogout::Done { revoked })
         })
         .await
@@ -874,6 +921,20 @@ impl Store for RedbStore {
     async fn replace_signing_keys(&self, set: KeySet) -> StoreResult<bool> {
         self.write(move |txn| records::replace_key_set(txn, &set))
             .await
+    }
+
+    async fn revocations(&self, after: Option<u64>, limit: usize) -> StoreResult<RevocationPage> {
+        self.read(move |txn| records::read_revocations(txn, after, limit))
+            .await
+    }
+
+    async fn prune_revocations(&self, ended_before: Millis, limit: usize) -> StoreResult<usize> {
+        self.write(move |txn| records::prune_revocations(txn, ended_before, limit))
+            .await
+    }
+
+    fn watch_revocations(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.revocations.clone()
     }
 
     async fn ping(&self) -> StoreResult<()> {

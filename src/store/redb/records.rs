@@ -5,11 +5,13 @@ use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    backend, KEY_ACCESS_TTL, KEY_SET_GENERATION, META, SESSIONS, SESSION_EXPIRY, SIGNING_KEYS,
+    backend, KEY_ACCESS_TTL, KEY_SET_GENERATION, META, REVOCATIONS, REVOCATIONS_PRUNED_THROUGH,
+    REVOCATION_EPOCH, REVOCATION_NEXT_SEQ, SESSIONS, SESSION_EXPIRY, SIGNING_KEYS,
     UNTYPED_TOKENS_BEFORE, USERS, USER_SESSIONS,
 };
 use crate::keys::{KeySet, SigningAlg, StoredKey};
 use crate::session::{IssuedRefresh, Millis, Rotation, Session, SessionId, TokenId, UserId};
+use crate::store::{Revocation, RevocationPage};
 use crate::store::{StoreError, StoreResult, User};
 
 #[derive(Serialize, Deserialize)]
@@ -342,4 +344,158 @@ pub(super) fn replace_key_set(txn: &WriteTransaction, set: &KeySet) -> StoreResu
             .map_err(backend)?;
     }
     Ok(true)
+}
+
+// ---- the revocation log ----------------------------------------------------
+
+thread_local! {
+    /// Set on the writer thread when an operation of the current batch logged
+    /// a revocation; the writer takes it after the commit and wakes the feed.
+    static REVOCATIONS_LOGGED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the batch just applied logged a revocation (and clears it).
+pub(super) fn take_revocations_logged() -> bool {
+    REVOCATIONS_LOGGED.with(|logged| logged.replace(false))
+}
+
+/// Revocation records, fixed size, little-endian: session id (16), user id
+/// (8), when it ended (8).
+const REVOCATION_RECORD_LEN: usize = 32;
+
+fn encode_revocation(
+    session_id: SessionId,
+    user_id: UserId,
+    ended_at: Millis,
+) -> [u8; REVOCATION_RECORD_LEN] {
+    let mut out = [0u8; REVOCATION_RECORD_LEN];
+    out[..16].copy_from_slice(&session_id.0.to_le_bytes());
+    out[16..24].copy_from_slice(&user_id.to_le_bytes());
+    out[24..].copy_from_slice(&ended_at.to_le_bytes());
+    out
+}
+
+fn decode_revocation(seq: u64, bytes: &[u8]) -> StoreResult<Revocation> {
+    if bytes.len() != REVOCATION_RECORD_LEN {
+        return Err(StoreError::Corrupt(format!(
+            "revocation {seq}: {} bytes",
+            bytes.len()
+        )));
+    }
+    let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+    Ok(Revocation {
+        seq,
+        session_id: SessionId(u128::from_le_bytes(
+            bytes[..16].try_into().expect("16 bytes"),
+        )),
+        user_id: u64_at(16),
+        ended_at: u64_at(24),
+    })
+}
+
+/// Appends "session `id` of `user_id` ended at `ended_at`" to the log that
+/// the revocation feed serves, in the transaction that ends it.
+pub(super) fn log_revocation(
+    txn: &WriteTransaction,
+    id: SessionId,
+    user_id: UserId,
+    ended_at: Millis,
+) -> StoreResult<()> {
+    let mut meta = txn.open_table(META).map_err(backend)?;
+    let seq = meta
+        .get(REVOCATION_NEXT_SEQ)
+        .map_err(backend)?
+        .map_or(1, |v| v.value());
+    meta.insert(REVOCATION_NEXT_SEQ, seq + 1).map_err(backend)?;
+    txn.open_table(REVOCATIONS)
+        .map_err(backend)?
+        .insert(seq, encode_revocation(id, user_id, ended_at).as_slice())
+        .map_err(backend)?;
+    REVOCATIONS_LOGGED.with(|logged| logged.set(true));
+    Ok(())
+}
+
+/// Ends a live session before its time: revoked, stored, and logged.
+pub(super) fn end_session(
+    txn: &WriteTransaction,
+    id: SessionId,
+    session: &mut Session,
+    now: Millis,
+) -> StoreResult<()> {
+    session.revoked = true;
+    put_session(txn, id, session)?;
+    log_revocation(txn, id, session.user_id, now)
+}
+
+/// Gives this database's revocation log an identity of its own (a new file,
+/// or a backup copy: cursors of the original must not pass for its own).
+pub(super) fn new_revocation_epoch(txn: &WriteTransaction) -> StoreResult<()> {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| StoreError::Backend(format!("no randomness available: {e}")))?;
+    txn.open_table(META)
+        .map_err(backend)?
+        .insert(REVOCATION_EPOCH, u64::from_le_bytes(bytes) | 1)
+        .map_err(backend)?;
+    Ok(())
+}
+
+/// Up to `limit` log entries after `after` (from the start without), and
+/// where the log stands.
+pub(super) fn read_revocations(
+    txn: &ReadTransaction,
+    after: Option<u64>,
+    limit: usize,
+) -> StoreResult<RevocationPage> {
+    let meta = txn.open_table(META).map_err(backend)?;
+    let get = |name: &str| -> StoreResult<u64> {
+        Ok(meta.get(name).map_err(backend)?.map_or(0, |v| v.value()))
+    };
+    let mut page = RevocationPage {
+        epoch: get(REVOCATION_EPOCH)?,
+        last_seq: get(REVOCATION_NEXT_SEQ)?.saturating_sub(1),
+        pruned_through: get(REVOCATIONS_PRUNED_THROUGH)?,
+        entries: Vec::new(),
+    };
+    let table = match txn.open_table(REVOCATIONS) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(page),
+        Err(e) => return Err(backend(e)),
+    };
+    let from = after.map_or(0, |a| a.saturating_add(1));
+    for entry in table.range(from..).map_err(backend)?.take(limit) {
+        let (seq, bytes) = entry.map_err(backend)?;
+        page.entries
+            .push(decode_revocation(seq.value(), bytes.value())?);
+    }
+    Ok(page)
+}
+
+/// Deletes up to `limit` of the oldest entries that ended before
+/// `ended_before`, and records how far the log is pruned.
+pub(super) fn prune_revocations(
+    txn: &WriteTransaction,
+    ended_before: Millis,
+    limit: usize,
+) -> StoreResult<usize> {
+    let mut table = txn.open_table(REVOCATIONS).map_err(backend)?;
+    let mut pruned = Vec::new();
+    for entry in table.iter().map_err(backend)?.take(limit) {
+        let (seq, bytes) = entry.map_err(backend)?;
+        let revocation = decode_revocation(seq.value(), bytes.value())?;
+        if revocation.ended_at >= ended_before {
+            break;
+        }
+        pruned.push(revocation.seq);
+    }
+    for seq in &pruned {
+        table.remove(*seq).map_err(backend)?;
+    }
+    if let Some(last) = pruned.last() {
+        txn.open_table(META)
+            .map_err(backend)?
+            .insert(REVOCATIONS_PRUNED_THROUGH, *last)
+            .map_err(backend)?;
+    }
+    Ok(pruned.len())
 }

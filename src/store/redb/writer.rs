@@ -60,6 +60,7 @@ pub(super) fn run_writer(
     opener: &Opener,
     space: &SpaceGuard,
     metrics: &std::sync::OnceLock<crate::metrics::WorkMetrics>,
+    revocations: &tokio::sync::watch::Sender<u64>,
     mut queue: mpsc::Receiver<Box<dyn WriteJob>>,
 ) {
     let mut batch: Vec<Box<dyn WriteJob>> = Vec::with_capacity(MAX_BATCH);
@@ -96,6 +97,10 @@ pub(super) fn run_writer(
             None => Err(StoreError::ReadOnly),
         });
         log_outcome(&committed, batch.len(), &mut paused_for_space);
+        // Long polls of the revocation feed wake once the entries are durable.
+        if super::records::take_revocations_logged() && committed.is_ok() {
+            revocations.send_modify(|n| *n = n.wrapping_add(1));
+        }
         if let (Some(metrics), Ok(())) = (metrics.get(), &committed) {
             metrics
                 .commit_duration
