@@ -98,7 +98,7 @@ pub enum Introspection {
     Inactive,
     Active {
         token_type: TokenType,
-        claims: crate::tokens::Claims,
+        claims: Box<crate::tokens::Claims>,
     },
 }
 
@@ -293,7 +293,7 @@ impl Auth {
             return Ok(if active {
                 Introspection::Active {
                     token_type: kind,
-                    claims: verified.claims,
+                    claims: Box::new(verified.claims),
                 }
             } else {
                 Introspection::Inactive
