@@ -433,8 +433,13 @@ impl ServerProcess {
     pub fn start_with_env(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let db = data.join("latchkey.redb");
         let mut command = Command::new(binary());
+        command.arg("serve");
+        // Port 0 (a free one) unless the caller chose one.
+        if !extra.contains(&"--port") {
+            command.args(["--port", "0"]);
+        }
         command
-            .args(["serve", "--port", "0", "--data"])
+            .arg("--data")
             .arg(&db)
             .args(CHEAP_ARGON2_FLAGS)
             .args(extra);

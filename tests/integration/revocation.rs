@@ -601,3 +601,151 @@ async fn cursors_survive_a_kill_9_restart() {
     assert_eq!(answer.status, 200, "{}", answer.text);
     assert_eq!(sids(&answer), vec![sid(&one), sid(&two)]);
 }
+
+// ---- the example verifiers ------------------------------------------------
+
+/// A free port on 127.0.0.1 (bound and released: latchkey must come back
+/// on the same one after a restart, where the verifiers look for it).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An example verifier as a child process; reports its port on stdout.
+struct Verifier {
+    child: std::process::Child,
+    client: HttpClient,
+}
+
+impl Verifier {
+    fn start(program: &std::path::Path, script: &str, latchkey: &str, key_file: &str) -> Self {
+        use std::io::BufRead;
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("examples")
+            .join(script);
+        let mut child = std::process::Command::new(program)
+            .arg(&path)
+            .arg("0")
+            .env("LATCHKEY_URL", latchkey)
+            .env("VERIFIER_KEY_FILE", key_file)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let line = std::io::BufReader::new(stdout)
+            .lines()
+            .next()
+            .unwrap()
+            .unwrap();
+        let port = line.trim_start_matches("listening on ").trim().to_string();
+        Verifier {
+            child,
+            client: HttpClient::new(&format!("http://127.0.0.1:{port}")),
+        }
+    }
+
+    async fn status(&self, token: &str) -> u16 {
+        self.client
+            .send(
+                Method::GET,
+                "/",
+                &[("authorization", &format!("Bearer {token}"))],
+                Bytes::new(),
+            )
+            .await
+            .status
+            .as_u16()
+    }
+}
+
+impl Drop for Verifier {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until every verifier refuses `token`; returns how long it took.
+async fn refused_by_all(verifiers: &[Verifier], token: &str) -> Duration {
+    let started = Instant::now();
+    for verifier in verifiers {
+        while verifier.status(token).await != 401 {
+            assert!(started.elapsed() < Duration::from_secs(5), "never refused");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_verifiers_refuse_a_token_within_a_second_of_its_logout() {
+    let tools = tokio::task::spawn_blocking(crate::signing::verifier_tools)
+        .await
+        .unwrap();
+    let (python, node) = match tools {
+        Ok(tools) => tools,
+        Err(why) if std::env::var_os("CI").is_none() => {
+            eprintln!("SKIPPED: PyJWT and jose could not be installed ({why})");
+            return;
+        }
+        Err(why) => panic!("the verifier libraries are needed in CI: {why}"),
+    };
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/node-verifier");
+    if !example.join("node_modules/jose").exists() {
+        let status = std::process::Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
+            .arg(&example)
+            .status()
+            .unwrap();
+        assert!(status.success(), "npm install for the node example");
+    }
+    let (_dir, data) = data_dir();
+    let key_path = data.join("verifier.key");
+    std::fs::write(&key_path, VERIFIER_KEY).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let key = key_path.display().to_string();
+    let port = free_port().to_string();
+    let args = [
+        "--port",
+        port.as_str(),
+        "--signing-alg",
+        "EdDSA",
+        "--secret",
+        SECRET,
+        "--seed-user",
+        "mo@example.com:1:Mo:correct horse battery",
+        "--verifier-key-file",
+        &key,
+    ];
+    let mut server = ServerProcess::start(&data, &args);
+    let url = format!("http://127.0.0.1:{port}");
+    let verifiers = [
+        Verifier::start(&python, "python-verifier/verifier.py", &url, &key),
+        Verifier::start(&node, "node-verifier/verifier.mjs", &url, &key),
+    ];
+    for round in 0..2 {
+        let tokens = login(&server.client, "mo@example.com", None).await;
+        for verifier in &verifiers {
+            assert_eq!(verifier.status(&tokens.access).await, 200, "round {round}");
+        }
+        // Give the verifiers' long polls time to be (re)connected and parked.
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        server.client.logout(&tokens.refresh, None).await;
+        let took = refused_by_all(&verifiers, &tokens.access).await;
+        assert!(
+            took < Duration::from_secs(1),
+            "round {round}: refused after {took:?}"
+        );
+        if round == 0 {
+            // latchkey dies and comes back on the same port: the verifiers
+            // follow on with their cursors.
+            server.kill_hard();
+            server = ServerProcess::start(&data, &args);
+        }
+    }
+}

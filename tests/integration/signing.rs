@@ -716,7 +716,7 @@ fn verifiers() -> PathBuf {
 /// PyJWT (in a virtualenv under the target folder) and jose (in
 /// `tests/verifiers/node_modules`), installed on first use from the pinned
 /// versions in `tests/verifiers`. `Err` says why they are missing.
-fn verifier_tools() -> Result<(PathBuf, PathBuf), String> {
+pub(crate) fn verifier_tools() -> Result<(PathBuf, PathBuf), String> {
     static TOOLS: OnceLock<Result<(PathBuf, PathBuf), String>> = OnceLock::new();
     TOOLS
         .get_or_init(|| {
