@@ -124,6 +124,8 @@ pub enum Scenario {
     Refresh,
     /// GET /auth/profile with an access token.
     Profile,
+    /// POST /oauth/introspect of an access token (needs --verifier-key-file).
+    Introspect,
     /// Per connection: one refresh, then four profile reads with the new
     /// access token; every 100th request is a fresh login.
     Mixed,
@@ -174,6 +176,10 @@ pub struct BenchArgs {
     /// Print one JSON object instead of text.
     #[arg(long, env = "LATCHKEY_JSON")]
     pub json: bool,
+
+    /// With --scenario introspect: a verifier key of the server under load.
+    #[arg(long, env = "LATCHKEY_VERIFIER_KEY_FILE")]
+    pub verifier_key_file: Option<PathBuf>,
 
     /// Refresh tokens (one per line) to start the chains from, instead of logging in.
     /// With --populate: where to write tokens of sampled sessions.

@@ -40,6 +40,7 @@ enum Endpoint {
     Login,
     Refresh,
     Profile,
+    Introspect,
 }
 
 impl Endpoint {
@@ -48,12 +49,13 @@ impl Endpoint {
             Endpoint::Login => "login",
             Endpoint::Refresh => "refresh",
             Endpoint::Profile => "profile",
+            Endpoint::Introspect => "introspect",
         }
     }
 
     fn method(self) -> Method {
         match self {
-            Endpoint::Login | Endpoint::Refresh => Method::POST,
+            Endpoint::Login | Endpoint::Refresh | Endpoint::Introspect => Method::POST,
             Endpoint::Profile => Method::GET,
         }
     }
@@ -63,6 +65,7 @@ impl Endpoint {
             Endpoint::Login => "/auth/login",
             Endpoint::Refresh => "/auth/refresh",
             Endpoint::Profile => "/auth/profile",
+            Endpoint::Introspect => "/oauth/introspect",
         }
     }
 }
@@ -155,6 +158,8 @@ struct Plan {
     users: u64,
     email_format: String,
     password: String,
+    /// The bearer of introspection requests.
+    verifier_key: Option<String>,
 }
 
 impl Plan {
@@ -216,7 +221,7 @@ async fn set_up(
         refresh = token(&body, "refreshToken");
         access = token(&body, "accessToken");
     }
-    if plan.scenario == Scenario::Profile && access.is_none() {
+    if matches!(plan.scenario, Scenario::Profile | Scenario::Introspect) && access.is_none() {
         // Started from a token file: one refresh gives an access token.
         let (status, body) = conn
             .call(
@@ -248,6 +253,7 @@ fn next_endpoint(scenario: Scenario, sequence: u64) -> Endpoint {
         Scenario::Login => Endpoint::Login,
         Scenario::Refresh => Endpoint::Refresh,
         Scenario::Profile => Endpoint::Profile,
+        Scenario::Introspect => Endpoint::Introspect,
         Scenario::Mixed if sequence % MIXED_LOGIN_EVERY == MIXED_LOGIN_EVERY - 1 => Endpoint::Login,
         Scenario::Mixed if sequence.is_multiple_of(MIXED_PROFILES_PER_REFRESH + 1) => {
             Endpoint::Refresh
@@ -257,9 +263,14 @@ fn next_endpoint(scenario: Scenario, sequence: u64) -> Endpoint {
 }
 
 /// The access token to send with `endpoint`, if it takes one.
-fn endpoint_bearer(endpoint: Endpoint, access: &Option<String>) -> Option<&str> {
+fn endpoint_bearer<'a>(
+    endpoint: Endpoint,
+    access: &'a Option<String>,
+    plan: &'a Plan,
+) -> Option<&'a str> {
     match endpoint {
         Endpoint::Profile => access.as_deref(),
+        Endpoint::Introspect => plan.verifier_key.as_deref(),
         Endpoint::Login | Endpoint::Refresh => None,
     }
 }
@@ -297,12 +308,13 @@ async fn run_connection(
             Endpoint::Login => Some(plan.login_body(next_user())),
             Endpoint::Refresh => Some(json!({ "refreshToken": refresh })),
             Endpoint::Profile => None,
+            Endpoint::Introspect => Some(json!({ "token": access })),
         };
         let result = conn
             .call(
                 endpoint.method(),
                 endpoint.path(),
-                endpoint_bearer(endpoint, &access),
+                endpoint_bearer(endpoint, &access, &plan),
                 body,
             )
             .await;
@@ -328,6 +340,8 @@ async fn run_connection(
                 refresh = token(&body, "refreshToken");
                 access = token(&body, "accessToken");
             }
+            // An introspection that says "inactive" measures nothing useful.
+            (Endpoint::Introspect, 200) if body["active"] != true => tally.chain_breaks += 1,
             (Endpoint::Refresh, _) => {
                 // The chain broke: start a new one (not measured).
                 tally.chain_breaks += 1;
@@ -400,6 +414,18 @@ pub async fn run(args: &BenchArgs) -> Result<(), BoxError> {
         users: args.users.max(1),
         email_format: args.email_format.clone(),
         password: args.password.clone(),
+        verifier_key: match (&args.verifier_key_file, args.scenario) {
+            (Some(path), _) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read --verifier-key-file {}: {e}", path.display()))?
+                    .trim_end_matches('\n')
+                    .to_string(),
+            ),
+            (None, Scenario::Introspect) => {
+                return Err("--scenario introspect needs --verifier-key-file".into())
+            }
+            (None, _) => None,
+        },
     });
     let barrier = Arc::new(tokio::sync::Barrier::new(connections));
     let tasks: Vec<_> = (0..connections)
