@@ -81,7 +81,7 @@ async fn read_token_request(
         let mut fields = Vec::new();
         for name in ["token", "token_type_hint"] {
             match object.get(name) {
-                None | Some(Value::Null) => {}
+                None => {}
                 Some(Value::String(value)) => fields.push((name.to_string(), value.clone())),
                 Some(_) => {
                     return Err(Error::InvalidRequest(format!("{name} must be a string")).into())
@@ -180,7 +180,7 @@ pub async fn revocation_feed(
     let (mut after, mut wait) = (None, Duration::ZERO);
     for (name, value) in form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes()) {
         match name.as_ref() {
-            "after" if !value.is_empty() => after = Some(value.into_owned()),
+            "after" => after = Some(value.into_owned()),
             "wait" => {
                 let seconds: u64 = value.parse().map_err(|_| {
                     Error::InvalidRequest("wait must be a whole number of seconds".into())
