@@ -91,9 +91,11 @@ impl App {
             )
             .await?,
         );
+        // After --access-ttl was lowered, tokens of the last run may outlive
+        // the new lifetime: the feed keeps entries for the longer of the two.
         let revocations = crate::revocations::RevocationFeed::new(
             Arc::clone(&store),
-            config.lifetimes.access_ttl,
+            config.lifetimes.access_ttl.max(keys.previous_access_ttl),
             Clock::default(),
         );
         let auth = Auth::new(

@@ -312,6 +312,18 @@ impl Auth {
         };
         for kind in order {
             if let Ok(verified) = self.keys.verify(token, kind, self.clock.now_secs()) {
+                // Decided from a read first: a token of a session that has
+                // ended (anyone may send one, again and again) costs no write.
+                let live = self
+                    .store
+                    .session(verified.session_id)
+                    .await?
+                    .is_some_and(|s| {
+                        s.user_id == verified.user_id && s.is_live(self.clock.now_millis())
+                    });
+                if !live {
+                    return Ok(());
+                }
                 let revoked = self
                     .store
                     .revoke_session(
@@ -619,8 +631,9 @@ impl Auth {
             ) {
                 (Some(user), RefreshDecision::Rotated) => {
                     let profile = profile_of(user);
-                    let token = self.access_token(profile.clone(), verified.session_id);
-                    Some((profile, token))
+                    let lifetime = self.access_lifetime(&session);
+                    let token = self.access_token(profile.clone(), verified.session_id, lifetime);
+                    Some((profile, token, lifetime))
                 }
                 _ => None,
             }
@@ -638,7 +651,7 @@ impl Auth {
                 RefreshDecision::Rotated | RefreshDecision::GraceReplay => {
                     let replay = decision == RefreshDecision::GraceReplay;
                     match early_access {
-                        Some((profile, access_token))
+                        Some((profile, access_token, lifetime))
                             if !replay && profile == profile_of(&user) =>
                         {
                             Ok(TokenPair {
@@ -648,7 +661,7 @@ impl Auth {
                                     verified.session_id,
                                     &session.current,
                                 )?,
-                                expires_in: self.lifetimes.access_ttl.as_secs(),
+                                expires_in: lifetime,
                                 grace_replay: false,
                             })
                         }
@@ -768,24 +781,36 @@ impl Auth {
         session: &Session,
         grace_replay: bool,
     ) -> Result<TokenPair, Error> {
+        let lifetime = self.access_lifetime(session);
         Ok(TokenPair {
-            access_token: self.access_token(profile_of(user), session_id)?,
+            access_token: self.access_token(profile_of(user), session_id, lifetime)?,
             refresh_token: self
                 .keys
                 .refresh_token(user.id, session_id, &session.current)?,
-            expires_in: self.lifetimes.access_ttl.as_secs(),
+            expires_in: lifetime,
             grace_replay,
         })
     }
 
-    /// A new access token for `profile` in session `session_id`, issued now.
-    fn access_token(&self, profile: Profile, session_id: SessionId) -> Result<String, Error> {
-        self.keys.access_token(
-            profile,
-            session_id,
-            self.clock.now_secs(),
-            self.lifetimes.access_ttl.as_secs(),
-        )
+    /// Seconds an access token of `session` issued now may live:
+    /// `--access-ttl`, but never past the session's own end, so no access
+    /// token outlives its session (services that verify tokens themselves
+    /// need no word of sessions that simply expire).
+    fn access_lifetime(&self, session: &Session) -> u64 {
+        let left = (session.expires_at / 1000).saturating_sub(self.clock.now_secs());
+        self.lifetimes.access_ttl.as_secs().min(left)
+    }
+
+    /// A new access token for `profile` in session `session_id`, issued
+    /// now, living `lifetime` seconds.
+    fn access_token(
+        &self,
+        profile: Profile,
+        session_id: SessionId,
+        lifetime: u64,
+    ) -> Result<String, Error> {
+        self.keys
+            .access_token(profile, session_id, self.clock.now_secs(), lifetime)
     }
 
     fn upgrade_hash_in_background(&self, user: &User, password: Password) {

@@ -16,6 +16,7 @@
 //! log, ahead of it) is [`Error::CursorExpired`]: the verifier starts over.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +28,9 @@ use crate::store::{Revocation, Store};
 pub const MAX_ENTRIES: usize = 50_000;
 /// Longest long poll.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
+/// Most long polls waiting at once; past it a poll answers at once, so
+/// waiting requests cannot take every connection the server allows.
+pub const MAX_PARKED: usize = 4096;
 /// Log entries pruned per transaction.
 const PRUNE_BATCH: usize = 10_000;
 
@@ -76,6 +80,28 @@ pub struct RevocationFeed {
     store: Arc<dyn Store>,
     access_ttl: Duration,
     clock: Clock,
+    /// Long polls waiting now.
+    parked: Arc<AtomicUsize>,
+}
+
+/// A place among the parked long polls, given back on drop.
+struct Parked(Arc<AtomicUsize>);
+
+impl Parked {
+    fn take(count: &Arc<AtomicUsize>) -> Option<Parked> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_PARKED).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Parked(Arc::clone(count)))
+    }
+}
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl RevocationFeed {
@@ -84,6 +110,7 @@ impl RevocationFeed {
             store,
             access_ttl,
             clock,
+            parked: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -111,6 +138,7 @@ impl RevocationFeed {
         changes.borrow_and_update();
         let deadline = tokio::time::Instant::now() + wait;
         tokio::pin!(stop);
+        let mut parked = None;
         loop {
             let page = self
                 .store
@@ -151,6 +179,12 @@ impl RevocationFeed {
             let nothing_new = page.entries.is_empty();
             if after.is_none() || !nothing_new || wait.is_zero() {
                 return Ok(answer);
+            }
+            if parked.is_none() {
+                parked = Parked::take(&self.parked);
+                if parked.is_none() {
+                    return Ok(answer);
+                }
             }
             tokio::select! {
                 changed = changes.changed() => {

@@ -84,6 +84,13 @@ pub fn read_key_file(path: &Path, flag: &str, insecure: bool) -> Result<Secret, 
     if bytes.last() == Some(&b'\n') {
         bytes.pop();
     }
+    if !bytes.iter().all(u8::is_ascii_graphic) {
+        return err(format!(
+            "{flag} {}: a key is sent in an Authorization header, so it must be printable \
+             ASCII without spaces (e.g. `head -c 32 /dev/urandom | base64`)",
+            path.display()
+        ));
+    }
     if bytes.len() < MIN_SECRET_BYTES {
         return err(format!(
             "{flag} {} holds {} bytes; a key needs at least {MIN_SECRET_BYTES}",

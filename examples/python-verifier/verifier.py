@@ -5,8 +5,12 @@ latchkey's revocation feed in a thread (long polling).
     pip install "PyJWT[crypto]"
     LATCHKEY_URL=http://127.0.0.1:8080 VERIFIER_KEY_FILE=verifier.key python verifier.py 8081
 
-GET / with "Authorization: Bearer <access token>" answers 200 {"sub","sid"}
-or 401 {"error":"invalid_token"}. Optional: LATCHKEY_ISSUER, LATCHKEY_AUDIENCE.
+GET / with "Authorization: Bearer <access token>" answers 200 {"sub","sid"},
+401 {"error":"invalid_token"}, or 503 while the feed is not followed (before
+its first answer, or when it has been silent too long: latchkey down, a wrong
+key), since then it could not know of revocations. Optional: LATCHKEY_ISSUER,
+LATCHKEY_AUDIENCE. If you allow JWT clock leeway, keep entries until
+`until` + leeway.
 """
 import json
 import os
@@ -25,43 +29,60 @@ with open(os.environ["VERIFIER_KEY_FILE"], encoding="utf-8") as key_file:
 ISSUER = os.environ.get("LATCHKEY_ISSUER")
 AUDIENCE = os.environ.get("LATCHKEY_AUDIENCE")
 
+# Answers hold up to WAIT seconds; a feed silent for longer than STALE is
+# broken (a wrong key, latchkey down): refuse rather than miss revocations.
+WAIT, STALE, PAGE = 30, 45, 50_000
+
 jwks = jwt.PyJWKClient(f"{LATCHKEY}/.well-known/jwks.json")
 ended = {}  # sid -> until (Unix seconds): refuse tokens of sid until then
 ended_lock = threading.Lock()
+feed = {"ready": False, "last_answer": 0.0}
+
+
+class Unavailable(Exception):
+    """The revocation feed is not followed: tokens cannot be checked."""
 
 
 def follow_the_feed():
     """Bootstrap, then long-poll for what is new. A restart of latchkey only
     interrupts it: the cursor survives, so nothing is missed."""
-    cursor = None
+    cursor, more = None, False
     while True:
-        query = f"?after={cursor}&wait=30" if cursor else ""
+        query = f"?after={cursor}&wait={0 if more else WAIT}" if cursor else ""
         request = urllib.request.Request(
             f"{LATCHKEY}/oauth/revocations{query}",
             headers={"Authorization": f"Bearer {VERIFIER_KEY}"},
         )
         try:
-            with urllib.request.urlopen(request, timeout=40) as answer:
+            with urllib.request.urlopen(request, timeout=WAIT + 10) as answer:
                 page = json.load(answer)
+            entries, next_cursor = page["revocations"], page["cursor"]
         except urllib.error.HTTPError as error:
+            print(f"revocation feed: HTTP {error.code}", file=sys.stderr, flush=True)
             if error.code == 410:  # cursor_expired: start over
-                cursor = None
+                cursor, more = None, False
             else:
                 time.sleep(0.5)
             continue
-        except OSError:  # latchkey down or restarting
+        except Exception as error:  # latchkey down or restarting, a cut-off answer
+            print(f"revocation feed: {error!r}", file=sys.stderr, flush=True)
             time.sleep(0.5)
             continue
         now = time.time()
         with ended_lock:
-            for entry in page["revocations"]:
+            for entry in entries:
                 ended[entry["sid"]] = entry["until"]
             for sid in [sid for sid, until in ended.items() if until <= now]:
                 del ended[sid]
-        cursor = page["cursor"]
+        cursor, more = next_cursor, len(entries) >= PAGE  # a full page: more follows
+        feed["last_answer"] = now
+        if not more:
+            feed["ready"] = True
 
 
 def verify(token):
+    if not feed["ready"] or time.time() - feed["last_answer"] > STALE:
+        raise Unavailable()
     if jwt.get_unverified_header(token).get("typ") != "at+jwt":
         raise jwt.InvalidTokenError("not an access token")
     key = jwks.get_signing_key_from_jwt(token)
@@ -86,6 +107,9 @@ class Handler(BaseHTTPRequestHandler):
         token = header[7:] if header.lower().startswith("bearer ") else ""
         try:
             claims = verify(token)
+        except Unavailable:
+            self.answer(503, {"error": "revocations_unavailable"})
+            return
         except Exception:  # any failure to verify is a refusal
             self.answer(401, {"error": "invalid_token"})
             return

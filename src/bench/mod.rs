@@ -417,7 +417,9 @@ pub async fn run(args: &BenchArgs) -> Result<(), BoxError> {
         verifier_key: match (&args.verifier_key_file, args.scenario) {
             (Some(path), _) => Some(
                 std::fs::read_to_string(path)
-                    .map_err(|e| format!("cannot read --verifier-key-file {}: {e}", path.display()))?
+                    .map_err(|e| {
+                        format!("cannot read --verifier-key-file {}: {e}", path.display())
+                    })?
                     .trim_end_matches('\n')
                     .to_string(),
             ),

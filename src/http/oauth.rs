@@ -220,9 +220,10 @@ pub fn server_metadata(app: &App) -> Result<HttpResponse, HttpError> {
     let base = issuer.trim_end_matches('/');
     let body = json!({
         "issuer": issuer,
+        // No authorization endpoint: latchkey issues tokens at /auth/login.
+        "response_types_supported": [],
         "jwks_uri": format!("{base}/.well-known/jwks.json"),
         "introspection_endpoint": format!("{base}/oauth/introspect"),
-        "introspection_endpoint_auth_methods_supported": ["bearer"],
         "revocation_endpoint": format!("{base}/oauth/revoke"),
         "revocation_endpoint_auth_methods_supported": ["none"],
         "latchkey_revocation_feed_endpoint": format!("{base}{FEED_PATH}"),

@@ -33,6 +33,9 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 pub struct Keys {
     store: Arc<dyn Store>,
     config: SigningConfig,
+    /// The access-token lifetime of the server that ran on this database
+    /// before this one (0 if none): its tokens may still be out there.
+    pub previous_access_ttl: Duration,
     tokens: Arc<TokenKeys>,
     clock: Clock,
     /// Serialises this process's changes to the set.
@@ -51,6 +54,7 @@ impl Keys {
         clock: Clock,
     ) -> Result<Keys, Error> {
         let access_ttl = u64::try_from(access_ttl.as_millis()).unwrap_or(u64::MAX);
+        let previous_access_ttl = Duration::from_millis(store.signing_keys().await?.access_ttl);
         let (set, ring) = Self::reconcile(&store, &config, access_ttl, &clock).await?;
         tracing::info!(
             alg = config.alg.as_str(),
@@ -62,6 +66,7 @@ impl Keys {
         Ok(Keys {
             store,
             config,
+            previous_access_ttl,
             tokens,
             clock,
             changing: tokio::sync::Mutex::new(()),

@@ -728,10 +728,30 @@ async fn the_example_verifiers_refuse_a_token_within_a_second_of_its_logout() {
         Verifier::start(&python, "python-verifier/verifier.py", &url, &key),
         Verifier::start(&node, "node-verifier/verifier.mjs", &url, &key),
     ];
+    // With a key latchkey does not know, they can follow no feed: they
+    // refuse to vouch for any token (503), rather than miss revocations.
+    let wrong_path = data.join("wrong.key");
+    std::fs::write(&wrong_path, "not-the-verifier-key-0123456789abcdef").unwrap();
+    let wrong = wrong_path.display().to_string();
+    let blind = [
+        Verifier::start(&python, "python-verifier/verifier.py", &url, &wrong),
+        Verifier::start(&node, "node-verifier/verifier.mjs", &url, &wrong),
+    ];
+    let probe = login(&server.client, "mo@example.com", None).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for verifier in &blind {
+        assert_eq!(verifier.status(&probe.access).await, 503);
+    }
+    drop(blind);
     for round in 0..2 {
         let tokens = login(&server.client, "mo@example.com", None).await;
         for verifier in &verifiers {
-            assert_eq!(verifier.status(&tokens.access).await, 200, "round {round}");
+            // 503 until the verifier has read the feed once.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while verifier.status(&tokens.access).await != 200 {
+                assert!(Instant::now() < deadline, "round {round}: never accepted");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
         // Give the verifiers' long polls time to be (re)connected and parked.
         tokio::time::sleep(Duration::from_millis(1000)).await;
@@ -748,4 +768,52 @@ async fn the_example_verifiers_refuse_a_token_within_a_second_of_its_logout() {
             server = ServerProcess::start(&data, &args);
         }
     }
+}
+
+#[tokio::test]
+async fn introspection_and_revoking_a_dead_token_write_nothing() {
+    let server = server_with(|_| {}).await;
+    let client = &server.client;
+    let tokens = server.login("mo@example.com", None).await;
+    assert_eq!(revoke(client, &tokens.refresh).await.status, 200);
+    // With every write failing, what needs no write still answers.
+    server.app.hooks.set_fail_writes(true);
+    for _ in 0..3 {
+        assert_eq!(revoke(client, &tokens.refresh).await.status, 200);
+        assert_eq!(revoke(client, &tokens.access).await.status, 200);
+    }
+    let live = {
+        server.app.hooks.set_fail_writes(false);
+        let live = server.login("mo@example.com", None).await;
+        server.app.hooks.set_fail_writes(true);
+        live
+    };
+    assert_eq!(introspect(client, &live.access).await.body["active"], true);
+    inactive(&introspect(client, &tokens.access).await);
+    // Revoking a live session does need one.
+    assert_eq!(revoke(client, &live.refresh).await.status, 503);
+    server.app.hooks.set_fail_writes(false);
+}
+
+#[tokio::test]
+async fn no_access_token_outlives_its_session() {
+    let server = server_with(|config| {
+        config.lifetimes.session_ttl = Duration::from_secs(20);
+    })
+    .await;
+    let answer = server
+        .client
+        .post_json(
+            "/auth/login",
+            &json!({ "email": "mo@example.com", "password": PASSWORD }),
+        )
+        .await;
+    let access = answer.body["accessToken"].as_str().unwrap();
+    let c = claims(access);
+    let lifetime = c["exp"].as_u64().unwrap() - c["iat"].as_u64().unwrap();
+    assert!(
+        lifetime <= 20,
+        "an access token for {lifetime} s of a 20 s session"
+    );
+    assert_eq!(answer.body["expiresIn"].as_u64().unwrap(), lifetime);
 }

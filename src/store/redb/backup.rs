@@ -83,7 +83,12 @@ fn copy_table<K: Key + 'static, V: Value + 'static>(
 where
     for<'a> K::SelfType<'a>: std::borrow::Borrow<K::SelfType<'a>>,
 {
-    let source = snapshot.open_table(definition).map_err(backend)?;
+    let source = match snapshot.open_table(definition) {
+        Ok(table) => table,
+        // A file from before this table existed, served read-only.
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+        Err(e) => return Err(backend(e)),
+    };
     let mut txn: Option<WriteTransaction> = None;
     let mut in_txn = 0;
     for entry in source.iter().map_err(backend)? {

@@ -924,8 +924,21 @@ impl Store for RedbStore {
     }
 
     async fn revocations(&self, after: Option<u64>, limit: usize) -> StoreResult<RevocationPage> {
-        self.read(move |txn| records::read_revocations(txn, after, limit))
-            .await
+        if after.is_none() {
+            // A bootstrap may read many entries: on the blocking pool.
+            return self
+                .read(move |txn| records::read_revocations(txn, after, limit))
+                .await;
+        }
+        // What followers ask after a wake-up is a few entries: inline, like
+        // `session`, so a thousand woken long polls do not flood the pool.
+        self.retry_on_dead_handle(|| {
+            std::future::ready(
+                Self::snapshot(&self.slot)
+                    .and_then(|snapshot| records::read_revocations(&snapshot.txn, after, limit)),
+            )
+        })
+        .await
     }
 
     async fn prune_revocations(&self, ended_before: Millis, limit: usize) -> StoreResult<usize> {
