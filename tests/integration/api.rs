@@ -645,11 +645,13 @@ async fn expired_sessions_are_swept_from_the_file() {
         .await
         .unwrap()
         .is_none());
+    // The access token ended with its session (its `exp` is capped at the
+    // session's end).
     server
         .client
         .profile(&short.access)
         .await
-        .assert_error(401, "invalid_token");
+        .assert_error(401, "token_expired");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
