@@ -292,7 +292,12 @@ where
 /// tokens (none under HS256), cacheable for as long as a rotated key is
 /// published before it signs.
 fn jwks_document(app: &App) -> HttpResponse {
-    let mut response = Response::new(Full::new(app.keys.tokens().ring().jwks()));
+    public_json(app.keys.tokens().ring().jwks())
+}
+
+/// A JSON document anyone may cache for 300 s (the JWKS, server metadata).
+pub(crate) fn public_json(body: Bytes) -> HttpResponse {
+    let mut response = Response::new(Full::new(body));
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,

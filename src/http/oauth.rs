@@ -9,10 +9,9 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
-use hyper::{Request, Response, StatusCode};
+use hyper::{Request, StatusCode};
 use serde_json::{json, Map, Value};
 
 use super::{
@@ -228,15 +227,5 @@ pub fn server_metadata(app: &App) -> Result<HttpResponse, HttpError> {
         "revocation_endpoint_auth_methods_supported": ["none"],
         "latchkey_revocation_feed_endpoint": format!("{base}{FEED_PATH}"),
     });
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=300"),
-    );
-    Ok(response)
+    Ok(super::public_json(Bytes::from(body.to_string())))
 }
