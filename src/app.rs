@@ -188,7 +188,10 @@ impl App {
     /// Runs [`App::sweep_expired_sessions`] (and prunes the revocation
     /// log) every `interval`, forever.
     pub async fn run_sweeper(self: Arc<Self>, interval: Duration) {
-        let mut ticks = tokio::time::interval(interval);
+        // The first run one interval after the start, not at it: a start
+        // does its own writes (seed users, keys), and tests that inject a
+        // fault into the next write must not have it land here.
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
