@@ -7,8 +7,11 @@
 //! sees and answers only after the result is committed.
 //!
 //! Today there is one backend, [`redb::RedbStore`]; a PostgreSQL backend for
-//! several instances would implement the same trait.
+//! several instances would implement the same trait. `contract.rs` holds the
+//! checks every backend passes (run with `store_contract_tests!`).
 
+#[cfg(test)]
+pub mod contract;
 pub mod folder;
 pub mod redb;
 pub mod space;

@@ -989,6 +989,12 @@ mod tests {
         (store, user)
     }
 
+    crate::store_contract_tests!(async {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir.path().join("db.redb"), &Arc::default()).unwrap();
+        (Arc::new(store) as Arc<dyn Store>, dir)
+    });
+
     fn open(path: &Path, hooks: &Arc<TestHooks>) -> StoreResult<RedbStore> {
         let space = Arc::new(SpaceGuard::new(path, 0));
         RedbStore::open_with_hooks(path, 1 << 20, space, Arc::clone(hooks))

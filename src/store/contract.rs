@@ -1,0 +1,395 @@
+//! The contract every [`Store`] backend keeps, written once as checks that
+//! take any store. A backend runs them all with [`store_contract_tests!`]
+//! (the redb backend in its tests; a second backend does the same), so the
+//! domain core can rely on the same behaviour from each.
+//!
+//! Each check starts from an empty store and says what it holds to.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{
+    GlobalLogout, Import, NewSession, NewUser, RefreshOutcome, RevokeSessions, Store, UserChange,
+    UserUpdate,
+};
+use crate::clock::Clock;
+use crate::keys::{KeySet, SigningAlg, StoredKey};
+use crate::session::{RefreshDecision, RotationPolicy, Session, SessionId, TokenId};
+
+const HASH: &str = "$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
+
+fn new_user(email: &str) -> NewUser {
+    NewUser {
+        email: email.into(),
+        name: "Ana".into(),
+        role_id: 1,
+        password_hash: HASH.into(),
+        created_at: 1,
+        disabled: false,
+    }
+}
+
+fn policy() -> RotationPolicy {
+    RotationPolicy {
+        refresh_ttl: Duration::from_secs(600),
+        reuse_grace: Duration::ZERO,
+    }
+}
+
+/// A session of `user_id` started now, and its id.
+fn session_of(user_id: u64, clock: &Clock) -> (SessionId, Session) {
+    let now = clock.now_millis();
+    let session = Session::start(
+        user_id,
+        now,
+        Duration::from_secs(3600),
+        Duration::from_secs(600),
+        TokenId::generate(),
+    );
+    (SessionId::generate(now), session)
+}
+
+async fn started_session(store: &dyn Store, user_id: u64, clock: &Clock) -> (SessionId, Session) {
+    let (id, session) = session_of(user_id, clock);
+    let created = store.create_session(id, &session, 10, HASH).await.unwrap();
+    assert_eq!(created, NewSession::Created { capped: 0 });
+    (id, session)
+}
+
+/// Users: unique emails, lookup, pages, updates, deletion, import.
+pub async fn users(store: Arc<dyn Store>) {
+    let ana = store
+        .create_user(new_user("ana@example.com"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(store
+        .create_user(new_user("ana@example.com"))
+        .await
+        .unwrap()
+        .is_none());
+    let bo = store
+        .create_user(new_user("bo@example.com"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(ana.id, bo.id);
+    assert_eq!(
+        store.user_by_email("bo@example.com").await.unwrap(),
+        Some(bo.clone())
+    );
+    assert_eq!(store.user(ana.id).await.unwrap(), Some(ana.clone()));
+
+    let page = store.users_page(None, 1).await.unwrap();
+    assert_eq!((page.users.len(), page.total), (1, 2));
+    let rest = store.users_page(page.next, 10).await.unwrap();
+    assert_eq!(rest.users, vec![bo.clone()]);
+    assert_eq!(rest.next, None);
+
+    let change = |email: &str| UserChange {
+        email: Some(email.into()),
+        name: None,
+        role_id: Some(2),
+        password_hash: None,
+        disabled: None,
+        revoke_sessions: RevokeSessions::None,
+    };
+    assert!(matches!(
+        store
+            .update_user(ana.id, change("bo@example.com"))
+            .await
+            .unwrap(),
+        UserUpdate::EmailTaken
+    ));
+    let UserUpdate::Updated(renamed) = store
+        .update_user(ana.id, change("cy@example.com"))
+        .await
+        .unwrap()
+    else {
+        panic!("not updated");
+    };
+    assert_eq!(
+        (renamed.email.as_str(), renamed.role_id),
+        ("cy@example.com", 2)
+    );
+    assert!(store
+        .user_by_email("ana@example.com")
+        .await
+        .unwrap()
+        .is_none());
+
+    let imported = store
+        .import_users(vec![new_user("di@example.com"), new_user("bo@example.com")])
+        .await
+        .unwrap();
+    assert_eq!(imported, Import::EmailTaken(1));
+    assert!(
+        store
+            .user_by_email("di@example.com")
+            .await
+            .unwrap()
+            .is_none(),
+        "all or nothing"
+    );
+    assert_eq!(
+        store
+            .import_users(vec![new_user("di@example.com")])
+            .await
+            .unwrap(),
+        Import::Imported(1)
+    );
+
+    let clock = Clock::default();
+    let (sid, _) = started_session(store.as_ref(), bo.id, &clock).await;
+    assert!(store.delete_user(bo.id).await.unwrap().is_some());
+    assert!(
+        store.session(sid).await.unwrap().is_none(),
+        "sessions go with the user"
+    );
+    assert!(store.delete_user(bo.id).await.unwrap().is_none());
+}
+
+/// Rotation is decided and applied in one step: of two presentations of
+/// the same token, exactly one rotates; a reuse revokes the session.
+pub async fn rotation(store: Arc<dyn Store>) {
+    let clock = Clock::default();
+    let ana = store
+        .create_user(new_user("ana@example.com"))
+        .await
+        .unwrap()
+        .unwrap();
+    let (sid, session) = started_session(store.as_ref(), ana.id, &clock).await;
+    let presented = session.current.jti;
+    let present = |fresh: TokenId| {
+        let (store, clock) = (Arc::clone(&store), clock.clone());
+        async move {
+            match store
+                .refresh_session(sid, ana.id, presented, &clock, policy(), fresh)
+                .await
+                .unwrap()
+            {
+                RefreshOutcome::Decided { decision, .. } => decision,
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    let (one, two) = tokio::join!(present(TokenId::generate()), present(TokenId::generate()));
+    let mut decisions = [one, two];
+    decisions.sort_by_key(|d| *d != RefreshDecision::Rotated);
+    assert_eq!(
+        decisions,
+        [RefreshDecision::Rotated, RefreshDecision::Reused]
+    );
+    let stored = store.session(sid).await.unwrap().unwrap();
+    assert!(stored.revoked, "the reuse revoked the family");
+    assert!(matches!(
+        store
+            .refresh_session(
+                sid,
+                ana.id + 1,
+                presented,
+                &clock,
+                policy(),
+                TokenId::generate()
+            )
+            .await
+            .unwrap(),
+        RefreshOutcome::UserGone | RefreshOutcome::UnknownSession
+    ));
+}
+
+/// The session cap, a login racing a password change, revocation, global
+/// logout, the sweep.
+pub async fn sessions(store: Arc<dyn Store>) {
+    let clock = Clock::default();
+    let ana = store
+        .create_user(new_user("ana@example.com"))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (id, session) = session_of(ana.id, &clock);
+        let created = store.create_session(id, &session, 2, HASH).await.unwrap();
+        ids.push(id);
+        if ids.len() == 3 {
+            assert_eq!(created, NewSession::Created { capped: 1 });
+        }
+    }
+    assert!(!store
+        .session(ids[0])
+        .await
+        .unwrap()
+        .unwrap()
+        .is_live(clock.now_millis()));
+    let (id, session) = session_of(ana.id, &clock);
+    assert_eq!(
+        store
+            .create_session(id, &session, 10, "another hash")
+            .await
+            .unwrap(),
+        NewSession::UserChanged
+    );
+
+    assert!(store
+        .revoke_session(ids[1], ana.id, clock.now_millis())
+        .await
+        .unwrap());
+    assert!(!store
+        .revoke_session(ids[1], ana.id, clock.now_millis())
+        .await
+        .unwrap());
+
+    let (id, session) = started_session(store.as_ref(), ana.id, &clock).await;
+    let outcome = store
+        .logout_everywhere(id, ana.id, session.current.jti, &clock, policy())
+        .await
+        .unwrap();
+    assert_eq!(outcome, GlobalLogout::Done { revoked: 2 });
+    let live = store
+        .sessions_of_user(ana.id)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|(_, s)| s.is_live(clock.now_millis()))
+        .count();
+    assert_eq!(live, 0);
+
+    let before = store.count_sessions().await.unwrap();
+    let far = clock.now_millis() + 10 * 3_600_000;
+    assert_eq!(store.sweep_expired_sessions(far, 2).await.unwrap(), 2);
+    assert_eq!(store.count_sessions().await.unwrap(), before - 2);
+}
+
+/// Every early end of a session is logged once, in order; pruning moves
+/// the floor; plain expiry is not logged.
+pub async fn revocation_log(store: Arc<dyn Store>) {
+    let clock = Clock::default();
+    let ana = store
+        .create_user(new_user("ana@example.com"))
+        .await
+        .unwrap()
+        .unwrap();
+    let start = store.revocations(None, 100).await.unwrap();
+    assert!(start.entries.is_empty());
+    assert_ne!(start.epoch, 0, "a log names itself");
+
+    let (first, _) = started_session(store.as_ref(), ana.id, &clock).await;
+    let (second, _) = started_session(store.as_ref(), ana.id, &clock).await;
+    let (third, _) = started_session(store.as_ref(), ana.id, &clock).await;
+    let mut changes = store.watch_revocations();
+    changes.borrow_and_update();
+    store
+        .revoke_session(first, ana.id, clock.now_millis())
+        .await
+        .unwrap();
+    assert!(
+        changes.has_changed().unwrap(),
+        "a commit that logs wakes the feed"
+    );
+    store.revoke_sessions_of_user(ana.id).await.unwrap();
+    store.revoke_sessions_of_user(ana.id).await.unwrap();
+
+    let log = store.revocations(Some(start.last_seq), 100).await.unwrap();
+    let sessions: Vec<SessionId> = log.entries.iter().map(|r| r.session_id).collect();
+    assert_eq!(sessions[0], first);
+    let mut rest = sessions[1..].to_vec();
+    rest.sort();
+    let mut expected = vec![second, third];
+    expected.sort();
+    assert_eq!(rest, expected, "each ending once: {sessions:?}");
+    assert!(log.entries.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_eq!(log.last_seq, log.entries.last().unwrap().seq);
+    assert!(log.entries.iter().all(|r| r.user_id == ana.id));
+
+    let (_, _) = started_session(store.as_ref(), ana.id, &clock).await;
+    let far = clock.now_millis() + 10 * 3_600_000;
+    store.sweep_expired_sessions(far, 100).await.unwrap();
+    let after = store.revocations(Some(log.last_seq), 100).await.unwrap();
+    assert!(after.entries.is_empty(), "expiry is not logged");
+
+    let pruned = store.prune_revocations(far, 2).await.unwrap();
+    assert_eq!(pruned, 2);
+    let rest = store.revocations(None, 100).await.unwrap();
+    assert_eq!(rest.entries.len(), 1);
+    assert_eq!(rest.pruned_through, log.entries[1].seq);
+    assert_eq!(rest.epoch, start.epoch);
+}
+
+/// The key set is replaced whole, and only by who read the last version.
+pub async fn signing_keys(store: Arc<dyn Store>) {
+    let empty = store.signing_keys().await.unwrap();
+    assert_eq!(empty, KeySet::default());
+    let key = StoredKey {
+        kid: "hs256-abcdefgh".into(),
+        alg: SigningAlg::HS256,
+        private_pkcs8: None,
+        public_jwk: None,
+        created_at: 1,
+        signs_from: 1,
+        signs_until: None,
+        published_until: None,
+    };
+    let set = KeySet {
+        generation: 0,
+        keys: vec![key.clone()],
+        untyped_tokens_before: 7,
+        access_ttl: 3_600_000,
+    };
+    assert!(store.replace_signing_keys(set.clone()).await.unwrap());
+    assert!(
+        !store.replace_signing_keys(set.clone()).await.unwrap(),
+        "a stale generation loses"
+    );
+    let stored = store.signing_keys().await.unwrap();
+    assert_eq!(
+        stored,
+        KeySet {
+            generation: 1,
+            ..set
+        }
+    );
+}
+
+/// Runs every check of the contract against a backend: `$make` is an
+/// async expression giving a fresh, empty `Arc<dyn Store>` (and whatever
+/// must live as long, e.g. a temporary folder, as the second element).
+#[macro_export]
+macro_rules! store_contract_tests {
+    ($make:expr) => {
+        mod store_contract {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn users() {
+                let (store, _keep) = $make.await;
+                $crate::store::contract::users(store).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn rotation() {
+                let (store, _keep) = $make.await;
+                $crate::store::contract::rotation(store).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sessions() {
+                let (store, _keep) = $make.await;
+                $crate::store::contract::sessions(store).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn revocation_log() {
+                let (store, _keep) = $make.await;
+                $crate::store::contract::revocation_log(store).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn signing_keys() {
+                let (store, _keep) = $make.await;
+                $crate::store::contract::signing_keys(store).await;
+            }
+        }
+    };
+}
