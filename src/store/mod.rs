@@ -13,6 +13,7 @@
 #[cfg(test)]
 pub mod contract;
 pub mod folder;
+pub mod postgres;
 pub mod redb;
 pub mod space;
 

@@ -35,7 +35,7 @@ mod bulk;
 mod fault_injecting_file;
 mod file;
 mod read_only;
-mod records;
+pub(crate) mod records;
 mod writer;
 
 use std::path::{Path, PathBuf};

@@ -257,7 +257,7 @@ struct StoredKeyRecord {
     published_until: Option<Millis>,
 }
 
-fn encode_key(key: &StoredKey) -> Vec<u8> {
+pub(crate) fn encode_key(key: &StoredKey) -> Vec<u8> {
     use base64::Engine as _;
     let record = StoredKeyRecord {
         alg: key.alg.as_str().to_string(),
@@ -274,7 +274,7 @@ fn encode_key(key: &StoredKey) -> Vec<u8> {
     serde_json::to_vec(&record).expect("a key record always serialises")
 }
 
-fn decode_key(kid: &str, bytes: &[u8]) -> StoreResult<StoredKey> {
+pub(crate) fn decode_key(kid: &str, bytes: &[u8]) -> StoreResult<StoredKey> {
     use base64::Engine as _;
     let corrupt = |what: &str| StoreError::Corrupt(format!("signing key {kid}: {what}"));
     let record: StoredKeyRecord =

@@ -1,0 +1,1157 @@
+//! The PostgreSQL backend: the same [`Store`] contract as the redb file,
+//! for several latchkey instances on one database.
+//!
+//! Every operation is one transaction on a pooled connection
+//! (deadpool-postgres over tokio-postgres). Rules stay in the domain core:
+//! an operation reads the rows it decides on with `SELECT … FOR UPDATE`,
+//! runs the same [`Session`] methods the redb writer runs, and writes the
+//! result, so two instances presenting one refresh token at once perform
+//! exactly one rotation (the second waits for the row lock and then sees
+//! the rotated state). Serialization failures and deadlocks are retried.
+//!
+//! The revocation feed's wake-up: a commit on this instance that logged a
+//! revocation bumps the watch channel at once; a watcher task polls the log
+//! counter every [`LOG_POLL`] for commits of other instances (no
+//! LISTEN/NOTIFY, so PostgreSQL-compatible engines without it work too).
+//!
+//! SQL, the pool and the migrations stay in this module; nothing outside
+//! knows which store it has.
+
+pub mod schema;
+
+use std::path::Path;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{NoTls, Row};
+
+use super::{
+    GlobalLogout, Import, NewSession, NewUser, RefreshOutcome, Revocation, RevocationPage,
+    RevokeSessions, Store, StoreError, StoreResult, User, UserChange, UserPage, UserUpdate,
+};
+use crate::clock::Clock;
+use crate::keys::KeySet;
+use crate::session::{
+    IssuedRefresh, Millis, RefreshDecision, Rotation, RotationPolicy, Session, SessionId, TokenId,
+    UserId,
+};
+
+/// How often other instances' revocations are looked for.
+const LOG_POLL: Duration = Duration::from_millis(200);
+/// Attempts of one operation that keeps meeting serialization failures.
+const ATTEMPTS: usize = 8;
+
+/// Why one attempt of an operation failed.
+enum Failure {
+    /// A serialization failure or deadlock: run the whole operation again.
+    Retry,
+    Fail(StoreError),
+}
+
+impl From<tokio_postgres::Error> for Failure {
+    fn from(e: tokio_postgres::Error) -> Self {
+        match e.code() {
+            Some(code)
+                if *code == SqlState::T_R_SERIALIZATION_FAILURE
+                    || *code == SqlState::T_R_DEADLOCK_DETECTED =>
+            {
+                Failure::Retry
+            }
+            _ => Failure::Fail(StoreError::Backend(format!("PostgreSQL: {e}"))),
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for Failure {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        Failure::Fail(StoreError::Backend(format!("PostgreSQL pool: {e}")))
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        Failure::Fail(e)
+    }
+}
+
+type Attempt<T> = Result<T, Failure>;
+
+/// Runs the block (one attempt of an operation, ending in `Ok`) until it
+/// succeeds, fails for good, or has met [`ATTEMPTS`] serialization
+/// failures; evaluates to a `StoreResult`.
+macro_rules! retrying {
+    ($body:block) => {{
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let attempt: Attempt<_> = async { $body }.await;
+            match attempt {
+                Ok(value) => break Ok(value),
+                Err(Failure::Fail(e)) => break Err(e),
+                Err(Failure::Retry) if attempts < ATTEMPTS => tokio::task::yield_now().await,
+                Err(Failure::Retry) => {
+                    break Err(StoreError::Backend(
+                        "PostgreSQL kept refusing the transaction as a serialization conflict"
+                            .into(),
+                    ))
+                }
+            }
+        }
+    }};
+}
+
+fn id_bytes(id: u128) -> Vec<u8> {
+    id.to_be_bytes().to_vec()
+}
+
+fn id_from(bytes: &[u8]) -> StoreResult<u128> {
+    let array: [u8; 16] = bytes
+        .try_into()
+        .map_err(|_| StoreError::Corrupt(format!("an id of {} bytes", bytes.len())))?;
+    Ok(u128::from_be_bytes(array))
+}
+
+/// Milliseconds and seconds are stored as BIGINT.
+fn int(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn uint(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+const USER_COLUMNS: &str = "id, email, name, role_id, password_hash, created_at, disabled";
+
+fn user_from(row: &Row) -> User {
+    User {
+        id: uint(row.get(0)),
+        email: row.get(1),
+        name: row.get(2),
+        role_id: row.get(3),
+        password_hash: row.get(4),
+        created_at: uint(row.get(5)),
+        disabled: row.get(6),
+    }
+}
+
+const SESSION_COLUMNS: &str = "id, user_id, created_at, expires_at, current_jti, current_iat, \
+     current_exp, previous_jti, previous_rotated_at, revoked";
+
+fn session_from(row: &Row) -> StoreResult<(SessionId, Session)> {
+    let previous_jti: Option<Vec<u8>> = row.get(7);
+    let previous_at: Option<i64> = row.get(8);
+    let previous = match (previous_jti, previous_at) {
+        (Some(jti), Some(at)) => Some(Rotation {
+            jti: TokenId(id_from(&jti)?),
+            rotated_at: uint(at),
+        }),
+        _ => None,
+    };
+    let id: Vec<u8> = row.get(0);
+    let current_jti: Vec<u8> = row.get(4);
+    Ok((
+        SessionId(id_from(&id)?),
+        Session {
+            user_id: uint(row.get(1)),
+            created_at: uint(row.get(2)),
+            expires_at: uint(row.get(3)),
+            current: IssuedRefresh {
+                jti: TokenId(id_from(&current_jti)?),
+                issued_at: uint(row.get(5)),
+                expires_at: uint(row.get(6)),
+            },
+            previous,
+            revoked: row.get(9),
+        },
+    ))
+}
+
+type Txn<'a> = deadpool_postgres::Transaction<'a>;
+
+async fn user_in(txn: &Txn<'_>, id: UserId, lock: bool) -> Attempt<Option<User>> {
+    let sql = format!(
+        "SELECT {USER_COLUMNS} FROM latchkey_users WHERE id = $1{}",
+        if lock { " FOR UPDATE" } else { "" }
+    );
+    Ok(txn
+        .query_opt(&sql, &[&int(id)])
+        .await?
+        .as_ref()
+        .map(user_from))
+}
+
+async fn session_in(txn: &Txn<'_>, id: SessionId, lock: bool) -> Attempt<Option<Session>> {
+    let sql = format!(
+        "SELECT {SESSION_COLUMNS} FROM latchkey_sessions WHERE id = $1{}",
+        if lock { " FOR UPDATE" } else { "" }
+    );
+    match txn.query_opt(&sql, &[&id_bytes(id.0)]).await? {
+        Some(row) => Ok(Some(session_from(&row)?.1)),
+        None => Ok(None),
+    }
+}
+
+async fn put_session(txn: &Txn<'_>, id: SessionId, s: &Session) -> Attempt<()> {
+    txn.execute(
+        "INSERT INTO latchkey_sessions (id, user_id, created_at, expires_at, current_jti, \
+             current_iat, current_exp, previous_jti, previous_rotated_at, revoked) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+         ON CONFLICT (id) DO UPDATE SET current_jti = EXCLUDED.current_jti, \
+             current_iat = EXCLUDED.current_iat, current_exp = EXCLUDED.current_exp, \
+             previous_jti = EXCLUDED.previous_jti, \
+             previous_rotated_at = EXCLUDED.previous_rotated_at, revoked = EXCLUDED.revoked",
+        &[
+            &id_bytes(id.0),
+            &int(s.user_id),
+            &int(s.created_at),
+            &int(s.expires_at),
+            &id_bytes(s.current.jti.0),
+            &int(s.current.issued_at),
+            &int(s.current.expires_at),
+            &s.previous.map(|p| id_bytes(p.jti.0)),
+            &s.previous.map(|p| int(p.rotated_at)),
+            &s.revoked,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Appends to the revocation log; the counter row's lock orders appenders
+/// by commit.
+async fn log_revocation(
+    txn: &Txn<'_>,
+    id: SessionId,
+    user_id: UserId,
+    ended_at: Millis,
+) -> Attempt<()> {
+    let seq: i64 = txn
+        .query_one(
+            "UPDATE latchkey_counters SET value = value + 1 \
+             WHERE name = 'revocation_next_seq' RETURNING value - 1",
+            &[],
+        )
+        .await?
+        .get(0);
+    txn.execute(
+        "INSERT INTO latchkey_revocations (seq, session_id, user_id, ended_at) VALUES ($1, $2, $3, $4)",
+        &[&seq, &id_bytes(id.0), &int(user_id), &int(ended_at)],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Ends a live session early: revoked and logged.
+async fn end_session(
+    txn: &Txn<'_>,
+    id: SessionId,
+    session: &mut Session,
+    now: Millis,
+) -> Attempt<()> {
+    session.revoked = true;
+    put_session(txn, id, session).await?;
+    log_revocation(txn, id, session.user_id, now).await
+}
+
+async fn sessions_of(
+    txn: &Txn<'_>,
+    user_id: UserId,
+    lock: bool,
+) -> Attempt<Vec<(SessionId, Session)>> {
+    let sql = format!(
+        "SELECT {SESSION_COLUMNS} FROM latchkey_sessions WHERE user_id = $1 ORDER BY id{}",
+        if lock { " FOR UPDATE" } else { "" }
+    );
+    let rows = txn.query(&sql, &[&int(user_id)]).await?;
+    Ok(rows.iter().map(session_from).collect::<StoreResult<_>>()?)
+}
+
+/// Revokes every live session of `user_id` but `except`; returns how many.
+async fn revoke_all(
+    txn: &Txn<'_>,
+    user_id: UserId,
+    except: Option<SessionId>,
+    now: Millis,
+) -> Attempt<usize> {
+    let mut revoked = 0;
+    for (id, mut session) in sessions_of(txn, user_id, true).await? {
+        if Some(id) == except {
+            continue;
+        }
+        if session.is_live(now) {
+            end_session(txn, id, &mut session, now).await?;
+            revoked += 1;
+        } else if !session.revoked {
+            session.revoked = true;
+            put_session(txn, id, &session).await?;
+        }
+    }
+    Ok(revoked)
+}
+
+async fn delete_user_in(txn: &Txn<'_>, id: UserId, now: Millis) -> Attempt<Option<User>> {
+    let Some(user) = user_in(txn, id, true).await? else {
+        return Ok(None);
+    };
+    for (sid, session) in sessions_of(txn, id, true).await? {
+        if session.is_live(now) {
+            log_revocation(txn, sid, id, now).await?;
+        }
+    }
+    // The sessions go with the user (ON DELETE CASCADE).
+    txn.execute("DELETE FROM latchkey_users WHERE id = $1", &[&int(id)])
+        .await?;
+    Ok(Some(user))
+}
+
+async fn insert_user(txn: &Txn<'_>, user: &NewUser) -> Attempt<Option<User>> {
+    let row = txn
+        .query_opt(
+            &format!(
+                "INSERT INTO latchkey_users ({USER_COLUMNS}) \
+                 VALUES (nextval('latchkey_user_ids'), $1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (email) DO NOTHING RETURNING {USER_COLUMNS}"
+            ),
+            &[
+                &user.email,
+                &user.name,
+                &user.role_id,
+                &user.password_hash,
+                &int(user.created_at),
+                &user.disabled,
+            ],
+        )
+        .await?;
+    Ok(row.as_ref().map(user_from))
+}
+
+pub struct PgStore {
+    pool: Pool,
+    clock: Clock,
+    revocations: tokio::sync::watch::Sender<u64>,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        self.watcher.abort();
+    }
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://user:password@host/db`), runs the
+    /// migrations, and starts watching the revocation log.
+    pub async fn open(url: &str, max_connections: usize) -> StoreResult<Self> {
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Backend(format!("--database is not a PostgreSQL URL: {e}")))?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(max_connections.max(1))
+            .build()
+            .map_err(|e| StoreError::Backend(format!("PostgreSQL pool: {e}")))?;
+        let mut client = pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Backend(format!("cannot connect to PostgreSQL: {e}")))?;
+        schema::migrate(&mut client).await?;
+        drop(client);
+        let revocations = tokio::sync::watch::Sender::new(0u64);
+        let watcher = tokio::spawn(watch_the_log(pool.clone(), revocations.clone()));
+        Ok(PgStore {
+            pool,
+            clock: Clock::default(),
+            revocations,
+            watcher,
+        })
+    }
+
+    /// Wakes this instance's feed readers after a commit that logged.
+    fn logged(&self) {
+        self.revocations.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+/// Bumps `changes` whenever the log counter moves (commits of any instance).
+async fn watch_the_log(pool: Pool, changes: tokio::sync::watch::Sender<u64>) {
+    let mut last = None;
+    let mut ticks = tokio::time::interval(LOG_POLL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Ok(client) = pool.get().await else {
+            continue;
+        };
+        let Ok(row) = client
+            .query_one(
+                "SELECT value FROM latchkey_counters WHERE name = 'revocation_next_seq'",
+                &[],
+            )
+            .await
+        else {
+            continue;
+        };
+        let next: i64 = row.get(0);
+        if last.is_some_and(|last| last != next) {
+            changes.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        last = Some(next);
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn create_user(&self, user: NewUser) -> StoreResult<Option<User>> {
+        retrying!({
+            let mut client = self.pool.get().await?;
+            let txn = client.transaction().await?;
+            let created = insert_user(&txn, &user).await?;
+            txn.commit().await?;
+            Ok(created)
+        })
+    }
+
+    async fn user_by_email(&self, email: &str) -> StoreResult<Option<User>> {
+        retrying!({
+            let client = self.pool.get().await?;
+            let sql = format!("SELECT {USER_COLUMNS} FROM latchkey_users WHERE email = $1");
+            Ok(client
+                .query_opt(&sql, &[&email])
+                .await?
+                .as_ref()
+                .map(user_from))
+        })
+    }
+
+    async fn user(&self, id: UserId) -> StoreResult<Option<User>> {
+        retrying!({
+            let client = self.pool.get().await?;
+            let sql = format!("SELECT {USER_COLUMNS} FROM latchkey_users WHERE id = $1");
+            Ok(client
+                .query_opt(&sql, &[&int(id)])
+                .await?
+                .as_ref()
+                .map(user_from))
+        })
+    }
+
+    async fn users_page(&self, after: Option<UserId>, limit: usize) -> StoreResult<UserPage> {
+        retrying!({
+            let mut client = self.pool.get().await?;
+            let txn = client.transaction().await?;
+            let sql = format!(
+                "SELECT {USER_COLUMNS} FROM latchkey_users WHERE id > $1 ORDER BY id LIMIT $2"
+            );
+            let rows = txn
+                .query(&sql, &[&int(after.unwrap_or(0)), &int(limit as u64 + 1)])
+                .await?;
+            let mut users: Vec<User> = rows.iter().map(user_from).collect();
+            let next = (users.len() > limit).then(|| {
+                users.truncate(limit);
+                users.last().map(|u| u.id)
+            });
+            let total: i64 = txn
+                .query_one("SELECT count(*) FROM latchkey_users", &[])
+                .await?
+                .get(0);
+            txn.commit().await?;
+            Ok(UserPage {
+                users,
+                next: next.flatten(),
+                total: uint(total),
+            })
+        })
+    }
+
+    async fn update_user(&self, id: UserId, change: UserChange) -> StoreResult<UserUpdate> {
+        retrying!({
+            let mut client = self.pool.get().await?;
+            let txn = client.transaction().await?;
+            let Some(mut user) = user_in(&txn, id, true).await? else {
+                return Ok(UserUpdate::NotFound);
+            };
+            if let Some(email) = change.email.clone().filter(|e| *e != user.email) {
+                let taken = txn
+                    .query_opt("SELECT 1 FROM latchkey_users WHERE email = $1", &[&email])
+                    .await?
+                    .is_some();
+                if taken {
+                    return Ok(UserUpdate::EmailTaken);
+                }
+                user.email = email;
+            }
+            if let Some(name) = &change.name {
+                user.name = name.clone();
+            }
+            if let Some(role_id) = change.role_id {
+                user.role_id = role_id;
+            }
+            if let Some(hash) = &change.password_hash {
+                user.password_hash = hash.clone();
+            }
+            if let Some(disabled) = change.disabled {
+                user.disabled = disabled;
+            }
+            let updated = txn
+                .execute(
+                    "UPDATE latchkey_users SET email = $2, name = $3, role_id = $4, \
+                         password_hash = $5, disabled = $6 WHERE id = $1",
+                    &[
+                        &int(id),
+                        &user.email,
+                        &user.name,
+                        &user.role_id,
+                        &user.password_hash,
+                        &user.disabled,
+                    ],
+                )
+                .await;
+            match updated {
+                Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                    return Ok(UserUpdate::EmailTaken)
+                }
+                other => other?,
+            };
+            let except = match change.revoke_sessions {
+                RevokeSessions::None => None,
+                RevokeSessions::All => Some(None),
+                RevokeSessions::AllExcept(keep) => Some(Some(keep)),
+            };
+            let mut logged = false;
+            if let Some(except) = except {
+                logged = revoke_all(&txn, id, except, self.clock.now_millis()).await? > 0;
+            }
+            txn.commit().await?;
+            if logged {
+                self.logged();
+            }
+            Ok(UserUpdate::Updated(user))
+        })
+    }
+
+    async fn delete_user(&self, id: UserId) -> StoreResult<Option<User>> {
+        let deleted = retrying!({
+            let mut client = self.pool.get().await?;
+            let txn = client.transaction().await?;
+            let deleted = delete_user_in(&txn, id, self.clock.now_millis()).await?;
+            txn.commit().await?;
+            Ok(deleted)
+        })?;
+        self.logged();
+        Ok(deleted)
+    }
+
+    async fn import_users(&self, users: Vec<NewUser>) -> StoreResult<Import> {
+        retrying!({
+            let mut client = self.pool.get().await?;
+            let txn = client.transaction().await?;
+            let mut seen = std::collections::HashSet::new();
+            for (index, user) in users.iter().enumerate() {
+                let taken = txn
+                    .query_opt(
+                        "SELECT 1 FROM latchkey_users WHERE email = $1",
+                        &[&user.email],
+                    )
+                    .await?
+                    .is_some();
+                if taken || !seen.insert(user.email.clone()) {
+                    return Ok(Import::EmailTaken(index));
+                }
+            }
+            for (index, user) in users.iter().enumerate() {
+                if insert_user(&txn, user).await?.is_none() {
+                    // Taken meanwhile by another instance: nothing is imported.
+                    return Ok(Import::EmailTaken(index));
+                }
+            }
+            txn.commit().await?;
+            Ok(Import::Imported(users.len()))
+        })
+    }
+
+    async fn sessions_of_user(&self, id: UserId) -> StoreResult<Vec<(SessionId, Session)>> {
+        retrying!({
+            let mut client = self.pool.get().await?;
+            let txn = client.transaction().await?;
+            let sessions = sessions_of(&txn, id, false).await?;
+            txn.commit().await?;
+            Ok(sessions)
+        })
+    }
+
+    async fn revoke_sessions_of_user(&self, id: UserId) -> StoreResult<usize> {
+        let revoked = retrying!({
+            let mut client = self.pool.get().await?;
+            let txn = client.transaction().await?;
+            let revoked = revoke_all(&txn, id, None, self.clock.now_millis()).await?;
+            txn.commit().await?;
+            Ok(revoked)
+        })?;
+        if revoked > 0 {
+            self.logged();
+        }
+        Ok(revoked)
+    }
+
+    async fn backup(&self, _target: &Path) -> StoreResult<()> {
+        Err(StoreError::Backend(
+            "`latchkey backup` copies the redb file; back a PostgreSQL database up with pg_dump"
+                .into(),
+        ))
+    }
+
+    async fn list_users(&self) -> StoreResult<Vec<User>> {
+        retrying!({
+            let client = self.pool.get().await?;
+            let sql = format!("SELECT {USER_COLUMNS} FROM latchkey_users ORDER BY id");
+            Ok(client
+                .query(&sql, &[])
+                .await?
+                .iter()
+                .map(user_from)
+                .collect())
+        })
+    }
+
+    async fn remove_user(&self, email: &str) -> StoreResult<Option<User>> {
+        let removed = retrying!({
+            let mut client = self.pool.get().await?;
+            let txn = client.transaction().await?;
+            let id: Option<i64> = txn
+                .query_opt("SELECT id FROM latchkey_users WHERE email = $1", &[&email])
+                .await?
+                .map(|row| row.get(0));
+            let removed = match id {
+                Some(id) => delete_user_in(&txn, uint(id), self.clock.now_millis()).await?,
+                None => None,
+            };
+            txn.commit().await?;
+            Ok(removed)
+        })?;
+        self.logged();
+        Ok(removed)
+    }
+
+    async fn replace_password_hash(
+        &self,
+        id: UserId,
+        old_hash: &str,
+        new_hash: &str,
+    ) -> StoreResult<bool> {
+        retrying!({
+            let client = self.pool.get().await?;
+            let changed = client
+                .execute(
+                    "UPDATE latchkey_users SET password_hash = $3 WHERE id = $1 AND password_hash = $2",
+                    &[&int(id), &old_hash, &new_hash],
+                )
+                .await?;
+            Ok(changed == 1)
+        })
+    }
+
+    async fn create_session(
+        &self,
+        id: SessionId,
+        session: &Session,
+        max_live: usize,
+        checked_hash: &str,
+    ) -> StoreResult<NewSession> {
+        let created = retrying!({
+            let mut client = self.pool.get().await?;
+            let txn = client.transaction().await?;
+            // The user row's lock orders this login against a password
+            // change or a disable committing meanwhile, on any instance.
+            let user = user_in(&txn, session.user_id, true).await?;
+            if !user.is_some_and(|u| !u.disabled && u.password_hash == checked_hash) {
+                return Ok(NewSession::UserChanged);
+            }
+            let max_live = max_live.max(1);
+            let mut existing = sessions_of(&txn, session.user_id, true).await?;
+            let now = session.created_at;
+            let live = existing.iter().filter(|(_, s)| s.is_live(now)).count();
+            let mut to_revoke = (live + 1).saturating_sub(max_live);
+            let mut capped = 0;
+            for (sid, old) in &mut existing {
+                if to_revoke == 0 {
+                    break;
+                }
+                if old.is_live(now) {
+                    end_session(&txn, *sid, old, now).await?;
+                    to_revoke -= 1;
+                    capped += 1;
+                }
+            }
+            let mut to_delete = (existing.len() + 1).saturating_sub(2 * max_live);
+            for (sid, old) in &existing {
+                if to_delete == 0 {
+                    break;
+                }
+                if !old.is_live(now) {
+                    txn.execute(
+                        "DELETE FROM latchkey_sessions WHERE id = $1",
+                        &[&id_bytes(sid.0)],
+                    )
+                    .await?;
+                    to_delete -= 1;
+                }
+            }
+            put_session(&txn, id, session).await?;
+            txn.commit().await?;
+            Ok(NewSession::Created { capped })
+        })?;
+        if matches!(created, NewSession::Created { capped } if capped > 0) {
+            self.logged();
+        }
+        Ok(created)
+    }
+
+    async fn session(&self, id: SessionId) -> StoreResult<Option<Session>> {
+        retrying!({
+            let client = self.pool.get().await?;
+            let sql = format!("SELECT {SESSION_COLUMNS} FROM latchkey_sessions WHERE id = $1");
+            match client.query_opt(&sql, &[&id_bytes(id.0)]).await? {
+                Some(row) => Ok(Some(session_from(&row)?.1)),
+                None => Ok(None),
+            }
+        })
+    }
+
+    async fn session_with_owner(
+        &self,
+        id: SessionId,
+    ) -> StoreResult<Option<(Session, Option<User>)>> {
+        retrying!({
+            let client = self.pool.get().await?;
+            let sql =
+                "SELECT s.id, s.user_id, s.created_at, s.expires_at, s.current_jti, s.current_iat, \
+                     s.current_exp, s.previous_jti, s.previous_rotated_at, s.revoked, \
+                     u.id, u.email, u.name, u.role_id, u.password_hash, u.created_at, u.disabled \
+                 FROM latchkey_sessions s LEFT JOIN latchkey_users u ON u.id = s.user_id \
+                 WHERE s.id = $1";
+            let Some(row) = client.query_opt(sql, &[&id_bytes(id.0)]).await? else {
+                return Ok(None);
+            };
+            let (_, session) = session_from(&row)?;
+            let owner: Option<i64> = row.get(10);
+            let owner = owner.map(|_| User {
+                id: uint(row.get(10)),
+                email: row.get(11),
+                name: row.get(12),
+                role_id: row.get(13),
+                password_hash: row.get(14),
+                created_at: uint(row.get(15)),
+                disabled: row.get(16),
+            });
+            Ok(Some((session, owner)))
+        })
+    }
+
+    async fn refresh_session(
+        &self,
+        id: SessionId,
+        user_id: UserId,
+        presented: TokenId,
+        clock: &Clock,
+        policy: RotationPolicy,
+        fresh_jti: TokenId,
+    ) -> StoreResult<RefreshOutcome> {
+        let outcome = retrying!({
+            let mut client = self.pool.get().await?;
+            let txn = client.transaction().await?;
+            let Some(user) = user_in(&txn, user_id, false).await? else {
+                return Ok(RefreshOutcome::UserGone);
+            };
+            let Some(mut session) = session_in(&txn, id, true)
+                .await?
+                .filter(|s| s.user_id == user_id)
+            else {
+                return Ok(RefreshOutcome::UnknownSession);
+            };
+            if user.disabled {
+                session.revoked = true;
+            }
+            // Decided now, under the row lock, by the shared rules.
+            let now = clock.now_millis();
+            let decision = session.refresh(presented, now, policy, fresh_jti);
+            if decision.changes_session() {
+                put_session(&txn, id, &session).await?;
+            }
+            if decision == RefreshDecision::Reused {
+                log_revocation(&txn, id, user_id, now).await?;
+            }
+            txn.commit().await?;
+            Ok(RefreshOutcome::Decided {
+                decision,
+                session,
+                user,
+            })
+        })?;
+        if matches!(
+            outcome,
+            RefreshOutcome::Decided {
+                decision: RefreshDecision::Reused,
+                ..
+            }
+        ) {
+            self.logged();
+        }
+        Ok(outcome)
+    }
+
+    async fn revoke_session(
+        &self,
+        id: SessionId,
+        user_id: UserId,
+        now: Millis,
+    ) -> StoreResult<bool> {
+        let revoked = retrying!({
+            let mut client = self.pool.get().await?;
+            let txn = client.transaction().await?;
+            let Some(mut session) = session_in(&txn, id, true).await? else {
+                return Ok(false);
+            };
+            if session.user_id != user_id || !session.is_live(now) {
+                return Ok(false);
+            }
+            end_session(&txn, id, &mut session, now).await?;
+            txn.commit().await?;
+            Ok(true)
+        })?;
+        if revoked {
+            self.logged();
+        }
+        Ok(revoked)
+    }
+
+    async fn logout_everywhere(
+        &self,
+        id: SessionId,
+        user_id: UserId,
+        presented: TokenId,
+        clock: &Clock,
+        policy: RotationPolicy,
+    ) -> StoreResult<GlobalLogout> {
+        let outcome = retrying!({
+            let mut client = self.pool.get().await?;
+            let txn = client.transaction().await?;
+            if user_in(&txn, user_id, true).await?.is_none() {
+                return Ok(GlobalLogout::UserGone);
+            }
+            let Some(mut session) = session_in(&txn, id, true)
+                .await?
+                .filter(|s| s.user_id == user_id)
+            else {
+                return Ok(GlobalLogout::UnknownSession);
+            };
+            let now = clock.now_millis();
+            if let Err(refused) = session.authorise_global_logout(presented, now, policy) {
+                if refused == RefreshDecision::Reused {
+                    put_session(&txn, id, &session).await?;
+                    log_revocation(&txn, id, user_id, now).await?;
+                    txn.commit().await?;
+                }
+                return Ok(GlobalLogout::Refused(refused));
+            }
+            let revoked = revoke_all(&txn, user_id, None, now).await?;
+            txn.commit().await?;
+            Ok(GlobalLogout::Done { revoked })
+        })?;
+        self.logged();
+        Ok(outcome)
+    }
+
+    async fn revocations(&self, after: Option<u64>, limit: usize) -> StoreResult<RevocationPage> {
+        retrying!({
+            let mut client = self.pool.get().await?;
+            // One snapshot for the counters and the entries.
+            let txn = client
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await?;
+            let counters = txn
+                .query(
+                    "SELECT name, value FROM latchkey_counters WHERE name IN \
+                     ('revocation_epoch', 'revocation_next_seq', 'revocations_pruned_through')",
+                    &[],
+                )
+                .await?;
+            let counter = |name: &str| {
+                counters
+                    .iter()
+                    .find(|row| row.get::<_, String>(0) == name)
+                    .map_or(0, |row| uint(row.get(1)))
+            };
+            let rows = txn
+                .query(
+                    "SELECT seq, session_id, user_id, ended_at FROM latchkey_revocations \
+                     WHERE seq > $1 ORDER BY seq LIMIT $2",
+                    &[&int(after.unwrap_or(0)), &int(limit as u64)],
+                )
+                .await?;
+            let mut entries = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let session: Vec<u8> = row.get(1);
+                entries.push(Revocation {
+                    seq: uint(row.get(0)),
+                    session_id: SessionId(id_from(&session)?),
+                    user_id: uint(row.get(2)),
+                    ended_at: uint(row.get(3)),
+                });
+            }
+            txn.commit().await?;
+            Ok(RevocationPage {
+                epoch: counter("revocation_epoch"),
+                last_seq: counter("revocation_next_seq").saturating_sub(1),
+                pruned_through: counter("revocations_pruned_through"),
+                entries,
+            })
+        })
+    }
+
+    async fn prune_revocations(&self, ended_before: Millis, limit: usize) -> StoreResult<usize> {
+        retrying!({
+            let mut client = self.pool.get().await?;
+            let txn = client.transaction().await?;
+            // The oldest entries, up to the first one still in force.
+            let rows = txn
+                .query(
+                    "SELECT seq, ended_at FROM latchkey_revocations ORDER BY seq LIMIT $1",
+                    &[&int(limit as u64)],
+                )
+                .await?;
+            let through = rows
+                .iter()
+                .take_while(|row| uint(row.get(1)) < ended_before)
+                .map(|row| row.get::<_, i64>(0))
+                .last();
+            let Some(through) = through else {
+                return Ok(0);
+            };
+            let pruned = txn
+                .execute(
+                    "DELETE FROM latchkey_revocations WHERE seq <= $1",
+                    &[&through],
+                )
+                .await?;
+            txn.execute(
+                "UPDATE latchkey_counters SET value = GREATEST(value, $1) \
+                 WHERE name = 'revocations_pruned_through'",
+                &[&through],
+            )
+            .await?;
+            txn.commit().await?;
+            Ok(pruned as usize)
+        })
+    }
+
+    fn watch_revocations(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.revocations.subscribe()
+    }
+
+    async fn sweep_expired_sessions(&self, now: Millis, limit: usize) -> StoreResult<usize> {
+        retrying!({
+            let client = self.pool.get().await?;
+            // A bounded batch: short locks, whatever the backlog.
+            let deleted = client
+                .execute(
+                    "DELETE FROM latchkey_sessions WHERE id IN ( \
+                         SELECT id FROM latchkey_sessions WHERE expires_at < $1 \
+                         ORDER BY expires_at LIMIT $2)",
+                    &[&int(now), &int(limit as u64)],
+                )
+                .await?;
+            Ok(deleted as usize)
+        })
+    }
+
+    async fn count_sessions(&self) -> StoreResult<u64> {
+        retrying!({
+            let client = self.pool.get().await?;
+            let count: i64 = client
+                .query_one("SELECT count(*) FROM latchkey_sessions", &[])
+                .await?
+                .get(0);
+            Ok(uint(count))
+        })
+    }
+
+    async fn signing_keys(&self) -> StoreResult<KeySet> {
+        retrying!({
+            let mut client = self.pool.get().await?;
+            let txn = client
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await?;
+            let counters = txn
+                .query(
+                    "SELECT name, value FROM latchkey_counters WHERE name IN \
+                     ('key_set_generation', 'untyped_tokens_before', 'key_access_ttl')",
+                    &[],
+                )
+                .await?;
+            let counter = |name: &str| {
+                counters
+                    .iter()
+                    .find(|row| row.get::<_, String>(0) == name)
+                    .map_or(0, |row| uint(row.get(1)))
+            };
+            let mut keys = Vec::new();
+            for row in txn
+                .query(
+                    "SELECT kid, record FROM latchkey_signing_keys ORDER BY kid",
+                    &[],
+                )
+                .await?
+            {
+                let (kid, record): (String, String) = (row.get(0), row.get(1));
+                keys.push(crate::store::redb::records::decode_key(
+                    &kid,
+                    record.as_bytes(),
+                )?);
+            }
+            txn.commit().await?;
+            Ok(KeySet {
+                generation: counter("key_set_generation"),
+                keys,
+                untyped_tokens_before: counter("untyped_tokens_before"),
+                access_ttl: counter("key_access_ttl"),
+            })
+        })
+    }
+
+    async fn replace_signing_keys(&self, set: KeySet) -> StoreResult<bool> {
+        retrying!({
+            let mut client = self.pool.get().await?;
+            let txn = client.transaction().await?;
+            // The generation row's update decides: of two instances that
+            // read the same generation, one matches, the other finds 0 rows.
+            let advanced = txn
+                .execute(
+                    "UPDATE latchkey_counters SET value = value + 1 \
+                     WHERE name = 'key_set_generation' AND value = $1",
+                    &[&int(set.generation)],
+                )
+                .await?;
+            if advanced != 1 {
+                return Ok(false);
+            }
+            for (name, value) in [
+                ("untyped_tokens_before", set.untyped_tokens_before),
+                ("key_access_ttl", set.access_ttl),
+            ] {
+                txn.execute(
+                    "UPDATE latchkey_counters SET value = $2 WHERE name = $1",
+                    &[&name, &int(value)],
+                )
+                .await?;
+            }
+            txn.execute("DELETE FROM latchkey_signing_keys", &[])
+                .await?;
+            for key in &set.keys {
+                let record = crate::store::redb::records::encode_key(key);
+                let record = String::from_utf8(record).expect("key records are JSON");
+                txn.execute(
+                    "INSERT INTO latchkey_signing_keys (kid, record) VALUES ($1, $2)",
+                    &[&key.kid, &record],
+                )
+                .await?;
+            }
+            txn.commit().await?;
+            Ok(true)
+        })
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        retrying!({
+            let client = self.pool.get().await?;
+            client.query_one("SELECT 1", &[]).await?;
+            Ok(())
+        })
+    }
+
+    async fn probe_writes(&self) -> StoreResult<()> {
+        self.ping().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// A fresh database for one test: a schema of its own in the database
+    /// at `LATCHKEY_TEST_DATABASE_URL` (tests are skipped without it).
+    async fn fresh() -> Option<(Arc<dyn Store>, ())> {
+        let url = std::env::var("LATCHKEY_TEST_DATABASE_URL").ok()?;
+        let mut name = [0u8; 8];
+        getrandom::fill(&mut name).unwrap();
+        let schema = format!("t{:016x}", u64::from_le_bytes(name));
+        let (client, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+        tokio::spawn(connection);
+        client
+            .batch_execute(&format!("CREATE SCHEMA {schema}"))
+            .await
+            .unwrap();
+        let separator = if url.contains('?') { '&' } else { '?' };
+        let scoped = format!("{url}{separator}options=-csearch_path%3D{schema}");
+        let store = PgStore::open(&scoped, 4).await.unwrap();
+        Some((Arc::new(store) as Arc<dyn Store>, ()))
+    }
+
+    macro_rules! pg_contract {
+        ($($check:ident),*) => {$(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() {
+                let Some((store, ())) = fresh().await else {
+                    eprintln!("SKIPPED: set LATCHKEY_TEST_DATABASE_URL to run the PostgreSQL contract");
+                    return;
+                };
+                crate::store::contract::$check(store).await;
+            }
+        )*};
+    }
+
+    pg_contract!(users, rotation, sessions, revocation_log, signing_keys);
+
+    #[tokio::test]
+    async fn a_newer_schema_is_refused() {
+        let Some(url) = std::env::var("LATCHKEY_TEST_DATABASE_URL").ok() else {
+            eprintln!("SKIPPED: set LATCHKEY_TEST_DATABASE_URL");
+            return;
+        };
+        let mut name = [0u8; 8];
+        getrandom::fill(&mut name).unwrap();
+        let schema = format!("t{:016x}", u64::from_le_bytes(name));
+        let (client, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+        tokio::spawn(connection);
+        client
+            .batch_execute(&format!("CREATE SCHEMA {schema}"))
+            .await
+            .unwrap();
+        let scoped = format!("{url}?options=-csearch_path%3D{schema}");
+        drop(PgStore::open(&scoped, 2).await.unwrap());
+        client
+            .batch_execute(&format!(
+                "INSERT INTO {schema}.latchkey_migrations (version) VALUES (999)"
+            ))
+            .await
+            .unwrap();
+        let Err(refused) = PgStore::open(&scoped, 2).await else {
+            panic!("a newer schema was accepted");
+        };
+        assert!(refused.to_string().contains("newer"), "{refused}");
+    }
+}

@@ -1,0 +1,120 @@
+//! The PostgreSQL schema, as versioned migrations that run at start.
+//!
+//! Each migration runs once, in order, inside one transaction that holds an
+//! exclusive lock on `latchkey_migrations`, so instances starting together
+//! migrate one at a time. A database that has migrations this binary does
+//! not know (a newer latchkey ran on it) is refused.
+//!
+//! Kept within what PostgreSQL-compatible distributed engines also accept:
+//! plain tables, B-tree indexes, no advisory locks, no LISTEN/NOTIFY.
+
+use tokio_postgres::Client;
+
+use crate::store::{StoreError, StoreResult};
+
+/// `(version, SQL)`, in order. Never edit one that shipped: add the next.
+pub const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    r#"
+    -- Ids never reused (as in the redb file's counter).
+    CREATE SEQUENCE latchkey_user_ids START 1;
+    CREATE TABLE latchkey_users (
+        id            BIGINT PRIMARY KEY,
+        email         TEXT NOT NULL UNIQUE,
+        name          TEXT NOT NULL,
+        role_id       BIGINT NOT NULL,
+        password_hash TEXT NOT NULL,
+        created_at    BIGINT NOT NULL,
+        disabled      BOOLEAN NOT NULL DEFAULT FALSE
+    );
+    -- Session and token ids are 128-bit, stored big-endian so that their
+    -- byte order is their numeric (time) order.
+    CREATE TABLE latchkey_sessions (
+        id                  BYTEA PRIMARY KEY,
+        user_id             BIGINT NOT NULL REFERENCES latchkey_users (id) ON DELETE CASCADE,
+        created_at          BIGINT NOT NULL,
+        expires_at          BIGINT NOT NULL,
+        current_jti         BYTEA NOT NULL,
+        current_iat         BIGINT NOT NULL,
+        current_exp         BIGINT NOT NULL,
+        previous_jti        BYTEA,
+        previous_rotated_at BIGINT,
+        revoked             BOOLEAN NOT NULL DEFAULT FALSE
+    );
+    CREATE INDEX latchkey_sessions_by_user ON latchkey_sessions (user_id, id);
+    CREATE INDEX latchkey_sessions_by_expiry ON latchkey_sessions (expires_at);
+    -- The revocation log: `seq` comes from the `revocation_next_seq`
+    -- counter row, updated in the transaction that logs, so entries become
+    -- visible in `seq` order (a sequence would let a later seq commit first).
+    CREATE TABLE latchkey_revocations (
+        seq        BIGINT PRIMARY KEY,
+        session_id BYTEA NOT NULL,
+        user_id    BIGINT NOT NULL,
+        ended_at   BIGINT NOT NULL
+    );
+    CREATE TABLE latchkey_counters (
+        name  TEXT PRIMARY KEY,
+        value BIGINT NOT NULL
+    );
+    INSERT INTO latchkey_counters (name, value) VALUES
+        ('revocation_next_seq', 1),
+        ('revocations_pruned_through', 0),
+        ('revocation_epoch', (floor(random() * 9007199254740991))::BIGINT * 2 + 1),
+        ('key_set_generation', 0),
+        ('untyped_tokens_before', 0),
+        ('key_access_ttl', 0);
+    CREATE TABLE latchkey_signing_keys (
+        kid    TEXT PRIMARY KEY,
+        record TEXT NOT NULL
+    );
+    "#,
+)];
+
+fn backend(e: tokio_postgres::Error) -> StoreError {
+    StoreError::Backend(format!("migrating the PostgreSQL schema: {e}"))
+}
+
+/// Brings the schema to the newest version this binary knows; refuses a
+/// database that is newer. Returns the version.
+pub async fn migrate(client: &mut Client) -> StoreResult<i32> {
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS latchkey_migrations (
+                 version    INTEGER PRIMARY KEY,
+                 applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+             )",
+        )
+        .await
+        .map_err(backend)?;
+    let txn = client.transaction().await.map_err(backend)?;
+    txn.batch_execute("LOCK TABLE latchkey_migrations IN EXCLUSIVE MODE")
+        .await
+        .map_err(backend)?;
+    let current: i32 = txn
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0) FROM latchkey_migrations",
+            &[],
+        )
+        .await
+        .map_err(backend)?
+        .get(0);
+    let newest = MIGRATIONS.last().map_or(0, |(v, _)| *v);
+    if current > newest {
+        return Err(StoreError::Backend(format!(
+            "the database's schema is version {current}, newer than this latchkey knows ({newest}): \
+             upgrade latchkey, or point it at another database"
+        )));
+    }
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+        txn.batch_execute(sql).await.map_err(backend)?;
+        txn.execute(
+            "INSERT INTO latchkey_migrations (version) VALUES ($1)",
+            &[version],
+        )
+        .await
+        .map_err(backend)?;
+        tracing::info!(version, "applied a schema migration");
+    }
+    txn.commit().await.map_err(backend)?;
+    Ok(newest)
+}
