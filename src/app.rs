@@ -12,9 +12,13 @@ use crate::config::ServeConfig;
 use crate::error::Error;
 use crate::keys::Keys;
 use crate::passwords::{Password, Passwords};
+use crate::store::postgres::PgStore;
 use crate::store::redb::{Location, RedbStore};
 use crate::store::space::SpaceGuard;
 use crate::store::Store;
+
+/// Connections each instance keeps to PostgreSQL (with `--database`).
+pub const DATABASE_POOL: usize = 16;
 
 /// Sessions deleted per sweep transaction, so the sweep never holds the writer long.
 const SWEEP_BATCH: usize = 1000;
@@ -58,15 +62,26 @@ impl App {
         };
         #[cfg(feature = "test-hooks")]
         let hooks = Arc::new(crate::test_hooks::TestHooks::default());
-        #[cfg(feature = "test-hooks")]
-        let (store, space) = RedbStore::open_at_with_hooks(&location, Arc::clone(&hooks)).await?;
-        #[cfg(not(feature = "test-hooks"))]
-        let (store, space) = RedbStore::open_at(&location).await?;
         let metrics = Arc::new(crate::metrics::Metrics::new(config.metrics_bind.is_some()));
-        if let Some(work) = metrics.work() {
-            store.install_metrics(work);
-        }
-        let store: Arc<dyn Store> = Arc::new(store);
+        let (store, space): (Arc<dyn Store>, Arc<SpaceGuard>) = match &config.database {
+            Some(url) => {
+                let store = PgStore::open(url, DATABASE_POOL).await?;
+                // The data folder holds only the admin socket: no reserve.
+                let space = Arc::new(SpaceGuard::new(&config.data, 0));
+                (Arc::new(store), space)
+            }
+            None => {
+                #[cfg(feature = "test-hooks")]
+                let (store, space) =
+                    RedbStore::open_at_with_hooks(&location, Arc::clone(&hooks)).await?;
+                #[cfg(not(feature = "test-hooks"))]
+                let (store, space) = RedbStore::open_at(&location).await?;
+                if let Some(work) = metrics.work() {
+                    store.install_metrics(work);
+                }
+                (Arc::new(store), space)
+            }
+        };
         let passwords = Passwords::new(config.argon2, config.hash_workers, config.hash_queue)?;
         if let Some(work) = metrics.work() {
             passwords.install_metrics(work.hash_duration);

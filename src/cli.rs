@@ -72,6 +72,11 @@ pub struct CommonArgs {
     #[arg(long, global = true, env = "LATCHKEY_ADMIN_SOCKET")]
     pub admin_socket: Option<PathBuf>,
 
+    /// A PostgreSQL database (`postgres://user:password@host/db`) instead of
+    /// the redb file, for several instances on one database.
+    #[arg(long, global = true, env = "LATCHKEY_DATABASE", hide_env_values = true)]
+    pub database: Option<String>,
+
     /// Log lines as text (the default) or as one JSON object each.
     #[arg(long, global = true, env = "LATCHKEY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -107,6 +112,9 @@ pub enum Command {
     /// Load a running server and report throughput and latency, or fill a
     /// database with test data (`--populate`).
     Bench(BenchArgs),
+    /// Bring the PostgreSQL schema (`--database`) up to date, and nothing
+    /// else (`serve` does it too at start).
+    Migrate,
     /// Print a shell completion script (bash, zsh or fish) to stdout.
     Completions {
         #[arg(value_enum)]

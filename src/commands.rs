@@ -22,6 +22,7 @@ use crate::config::{self, Argon2Costs};
 use crate::http::{admin, error_response};
 use crate::keys::KeyAdmin;
 use crate::passwords::{Password, Passwords};
+use crate::store::postgres::PgStore;
 use crate::store::redb::RedbStore;
 use crate::store::Store;
 
@@ -66,8 +67,10 @@ impl Target {
             check_server_user(&stream)?;
             return Ok(Target::Socket(socket));
         }
-        let (store, _) = RedbStore::open_at(&config::store_location(common)).await?;
-        let store: Arc<dyn Store> = Arc::new(store);
+        let store: Arc<dyn Store> = match config::database_url(common)? {
+            Some(url) => Arc::new(PgStore::open(&url, 2).await?),
+            None => Arc::new(RedbStore::open_at(&config::store_location(common)).await?.0),
+        };
         let passwords = Passwords::new(Argon2Costs::from_args(common)?, 1, 1)?;
         Ok(Target::Local {
             accounts: Accounts::new(Arc::clone(&store), Arc::new(passwords), Clock::default()),
@@ -435,6 +438,14 @@ pub async fn keys_command(common: &CommonArgs, command: KeysCommand) -> Result<(
             );
         }
     }
+    Ok(())
+}
+
+/// `migrate`: the PostgreSQL schema brought up to date.
+pub async fn migrate(common: &CommonArgs) -> Result<(), BoxError> {
+    let url = config::database_url(common)?.ok_or("migrate needs --database postgres://…")?;
+    let version = PgStore::migrate(&url).await?;
+    println!("the schema is at version {version}");
     Ok(())
 }
 

@@ -225,6 +225,8 @@ pub struct ServeConfig {
     pub cache_bytes: usize,
     /// Free space to keep on the data file system, in bytes.
     pub min_free_bytes: u64,
+    /// The PostgreSQL store's URL; `None`: the redb file at `data`.
+    pub database: Option<String>,
     /// The secret, the signing algorithm and keys, issuer and audiences.
     pub signing: SigningConfig,
     pub lifetimes: Lifetimes,
@@ -293,6 +295,7 @@ impl ServeConfig {
             data: common.data.clone(),
             cache_bytes: store_location(common).cache_bytes,
             min_free_bytes: store_location(common).min_free_bytes,
+            database: database_url(common)?,
             signing,
             lifetimes,
             type_roles: TypeRoles::parse(&args.type_role)?,
@@ -468,6 +471,17 @@ fn seed_users(args: &ServeArgs) -> Result<Vec<SeedUser>, ConfigError> {
 
 /// The signing configuration: secret, previous secrets, algorithm, key
 /// file, issuer and audiences.
+/// `--database`, checked: a PostgreSQL URL, or none.
+pub fn database_url(common: &CommonArgs) -> Result<Option<String>, ConfigError> {
+    match common.database.as_deref().map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            Ok(Some(url.to_string()))
+        }
+        Some(_) => err("--database must be a postgres:// URL"),
+    }
+}
+
 fn signing_config(common: &CommonArgs, args: &ServeArgs) -> Result<SigningConfig, ConfigError> {
     use crate::cli::SigningAlgArg;
     let signing = &args.signing;
@@ -516,6 +530,15 @@ fn signing_config(common: &CommonArgs, args: &ServeArgs) -> Result<SigningConfig
         .map(|a| a.trim().to_string())
         .filter(|a| !a.is_empty())
         .collect();
+    if database_url(common)?.is_some()
+        && args.secret.secret.is_none()
+        && args.secret.secret_file.is_none()
+    {
+        return err(
+            "with --database, give --secret-file (or --secret): every instance on the database \
+             must sign and verify refresh tokens with the same secret",
+        );
+    }
     Ok(SigningConfig {
         alg,
         secret: resolve_secret(&common.data, &args.secret)?,

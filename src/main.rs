@@ -37,6 +37,7 @@ fn main() -> ExitCode {
                 latchkey::bench::populate(&cli.common, &args).await
             }
             Command::Bench(args) => latchkey::bench::run(&args).await,
+            Command::Migrate => commands::migrate(&cli.common).await,
             Command::Completions { shell } => {
                 let mut command = <Cli as clap::CommandFactory>::command();
                 clap_complete::generate(shell, &mut command, "latchkey", &mut std::io::stdout());

@@ -20,6 +20,13 @@ use crate::tokens::TokenKeys;
 /// spread over them, created over the last 20 days in time order.
 pub async fn populate(common: &CommonArgs, args: &BenchArgs) -> Result<(), BoxError> {
     const USERS_PER_TRANSACTION: u64 = 20_000;
+    if common.database.is_some() {
+        return Err(
+            "--populate fills a redb file (--data); for PostgreSQL, populate a file and \
+                    use `latchkey store copy`, or `user import`"
+                .into(),
+        );
+    }
     let keys = sampling_keys(common, args)?;
     crate::credentials::check_new_password(&args.password)?;
     let (store, _) = RedbStore::open_at(&crate::config::store_location(common)).await?;

@@ -44,6 +44,7 @@ pub fn test_config(data: &Path) -> ServeConfig {
         data: data.join("latchkey.redb"),
         cache_bytes: 8 << 20,
         min_free_bytes: 0,
+        database: None,
         signing: latchkey::keys::SigningConfig::hs256(
             Secret::new(SECRET.as_bytes().to_vec()).unwrap(),
         ),

@@ -11,6 +11,7 @@ mod concurrency;
 mod docs;
 mod durability;
 mod hardening;
+mod instances;
 mod limits;
 mod operations;
 mod revocation;

@@ -374,6 +374,22 @@ impl PgStore {
         })
     }
 
+    /// Connects to `url` and runs the migrations alone; returns the version.
+    pub async fn migrate(url: &str) -> StoreResult<i32> {
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Backend(format!("--database is not a PostgreSQL URL: {e}")))?;
+        let (mut client, connection) = config
+            .connect(NoTls)
+            .await
+            .map_err(|e| StoreError::Backend(format!("cannot connect to PostgreSQL: {e}")))?;
+        let connection = tokio::spawn(connection);
+        let version = schema::migrate(&mut client).await;
+        drop(client);
+        let _ = connection.await;
+        version
+    }
+
     /// Wakes this instance's feed readers after a commit that logged.
     fn logged(&self) {
         self.revocations.send_modify(|n| *n = n.wrapping_add(1));

@@ -77,15 +77,22 @@ fn backend(e: tokio_postgres::Error) -> StoreError {
 /// Brings the schema to the newest version this binary knows; refuses a
 /// database that is newer. Returns the version.
 pub async fn migrate(client: &mut Client) -> StoreResult<i32> {
-    client
-        .batch_execute(
-            "CREATE TABLE IF NOT EXISTS latchkey_migrations (
-                 version    INTEGER PRIMARY KEY,
-                 applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
-             )",
-        )
+    let exists: bool = client
+        .query_one("SELECT to_regclass('latchkey_migrations') IS NOT NULL", &[])
         .await
-        .map_err(backend)?;
+        .map_err(backend)?
+        .get(0);
+    if !exists {
+        client
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS latchkey_migrations (
+                     version    INTEGER PRIMARY KEY,
+                     applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+                 )",
+            )
+            .await
+            .map_err(backend)?;
+    }
     let txn = client.transaction().await.map_err(backend)?;
     txn.batch_execute("LOCK TABLE latchkey_migrations IN EXCLUSIVE MODE")
         .await

@@ -1,0 +1,235 @@
+//! Several `latchkey serve` processes on one PostgreSQL database (run when
+//! `LATCHKEY_TEST_DATABASE_URL` is set; each test gets a schema of its own).
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::Method;
+use serde_json::Value;
+
+use crate::common::*;
+
+const SEED: &str = "mo@example.com:1:Mo:correct horse battery";
+const VERIFIER_KEY: &str = "a-verifier-key-for-the-instance-tests-0123456";
+
+/// A database URL whose `search_path` is a new, empty schema; `None` (and
+/// a line on stderr that the harness does not swallow) without
+/// `LATCHKEY_TEST_DATABASE_URL`.
+async fn fresh_database() -> Option<String> {
+    let Ok(url) = std::env::var("LATCHKEY_TEST_DATABASE_URL") else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED: the several-instances tests need LATCHKEY_TEST_DATABASE_URL (a PostgreSQL database)"
+        );
+        return None;
+    };
+    let mut name = [0u8; 8];
+    getrandom_fill(&mut name);
+    let schema = format!(
+        "i{}",
+        name.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
+    let status = std::process::Command::new("psql")
+        .arg(&url)
+        .args(["-qc", &format!("CREATE SCHEMA {schema}")])
+        .status()
+        .expect("psql");
+    assert!(status.success(), "could not create a schema");
+    let separator = if url.contains('?') { '&' } else { '?' };
+    Some(format!("{url}{separator}options=-csearch_path%3D{schema}"))
+}
+
+fn getrandom_fill(bytes: &mut [u8]) {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let mixed = nanos ^ u128::from(std::process::id()) << 64;
+    for (i, byte) in bytes.iter_mut().enumerate() {
+        *byte = (mixed >> (i * 8)) as u8 ^ (i as u8).wrapping_mul(31);
+    }
+}
+
+/// Two instances on `database`, each with its own data folder.
+fn two_instances(database: &str, extra: &[&str]) -> (Vec<ServerProcess>, Vec<tempfile::TempDir>) {
+    let mut servers = Vec::new();
+    let mut dirs = Vec::new();
+    for _ in 0..2 {
+        let (dir, data) = data_dir();
+        let key = data.join("verifier.key");
+        std::fs::write(&key, VERIFIER_KEY).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let key = key.display().to_string();
+        let mut args = vec![
+            "--database",
+            database,
+            "--secret",
+            SECRET,
+            "--seed-user",
+            SEED,
+            "--verifier-key-file",
+            &key,
+            "--no-admin-socket",
+        ];
+        args.extend(extra);
+        servers.push(ServerProcess::start(&data, &args));
+        dirs.push(dir);
+    }
+    (servers, dirs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_refresh_token_presented_to_two_instances_at_once_rotates_once() {
+    let Some(database) = fresh_database().await else {
+        return;
+    };
+    let (servers, _dirs) = two_instances(&database, &["--reuse-grace", "10s"]);
+    let (a, b) = (&servers[0].client, &servers[1].client);
+    for _ in 0..20 {
+        let tokens = login(a, "mo@example.com", None).await;
+        let (one, two) = tokio::join!(a.refresh(&tokens.refresh), b.refresh(&tokens.refresh));
+        // One rotation; the other is the grace replay: the same new token.
+        assert_eq!(
+            (one.status.as_u16(), two.status.as_u16()),
+            (200, 200),
+            "{} / {}",
+            one.text,
+            two.text
+        );
+        assert_eq!(one.body["refreshToken"], two.body["refreshToken"]);
+        let next = one.body["refreshToken"].as_str().unwrap();
+        assert_eq!(b.refresh(next).await.status, 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reuse_on_one_instance_revokes_the_session_on_both() {
+    let Some(database) = fresh_database().await else {
+        return;
+    };
+    let (servers, _dirs) = two_instances(&database, &["--reuse-grace", "0"]);
+    let (a, b) = (&servers[0].client, &servers[1].client);
+    for _ in 0..10 {
+        let tokens = login(a, "mo@example.com", None).await;
+        let (one, two) = tokio::join!(a.refresh(&tokens.refresh), b.refresh(&tokens.refresh));
+        let mut statuses = [one.status.as_u16(), two.status.as_u16()];
+        statuses.sort();
+        assert_eq!(statuses, [200, 401], "{} / {}", one.text, two.text);
+        let winner = if one.status == 200 { &one } else { &two };
+        let access = winner.body["accessToken"].as_str().unwrap();
+        for client in [a, b] {
+            client
+                .profile(access)
+                .await
+                .assert_error(401, "session_revoked");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_on_one_instance_is_seen_by_the_other_at_once_and_in_its_feed() {
+    let Some(database) = fresh_database().await else {
+        return;
+    };
+    let (servers, _dirs) = two_instances(&database, &[]);
+    let (a, b) = (&servers[0].client, &servers[1].client);
+    let cursor = b
+        .send(
+            Method::GET,
+            "/oauth/revocations",
+            &[("authorization", &format!("Bearer {VERIFIER_KEY}"))],
+            Bytes::new(),
+        )
+        .await
+        .body["cursor"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let tokens = login(a, "mo@example.com", None).await;
+    let everywhere = login(b, "mo@example.com", None).await;
+    assert_eq!(b.profile(&tokens.access).await.status, 200);
+    // A long poll on B, woken by a logout on A.
+    let waiting = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            b.send(
+                Method::GET,
+                &format!("/oauth/revocations?after={cursor}&wait=20"),
+                &[("authorization", &format!("Bearer {VERIFIER_KEY}"))],
+                Bytes::new(),
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let logged_out = Instant::now();
+    a.logout(&tokens.refresh, None).await;
+    b.profile(&tokens.access)
+        .await
+        .assert_error(401, "session_revoked");
+    let answer = waiting.await.unwrap();
+    assert!(
+        logged_out.elapsed() < Duration::from_secs(1),
+        "woke after {:?}",
+        logged_out.elapsed()
+    );
+    let sids: Vec<&Value> = answer.body["revocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["sid"])
+        .collect();
+    assert_eq!(sids, vec![&claims(&tokens.access)["sid"]]);
+    // A global logout on B reaches A.
+    b.logout(&everywhere.refresh, Some("global")).await;
+    a.profile(&everywhere.access)
+        .await
+        .assert_error(401, "session_revoked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_one_instance_under_load_loses_no_acknowledged_token() {
+    let Some(database) = fresh_database().await else {
+        return;
+    };
+    // The default grace window: a rotation A committed but never answered
+    // leaves the chain's last acknowledged token valid once more at B.
+    let (mut servers, _dirs) = two_instances(&database, &[]);
+    let b = servers.pop().unwrap();
+    let a = servers.pop().unwrap();
+    let mut chains = Vec::new();
+    for _ in 0..8 {
+        chains.push(login(&a.client, "mo@example.com", None).await.refresh);
+    }
+    // Refresh chains on A; A dies mid-way; every chain goes on at B from
+    // the last token A acknowledged.
+    let client = a.client.clone();
+    let load = tokio::spawn(async move {
+        let mut acknowledged = chains;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        'outer: while Instant::now() < deadline {
+            for token in acknowledged.iter_mut() {
+                match client.try_refresh(token).await {
+                    Ok(answer) if answer.status == 200 => {
+                        *token = answer.body["refreshToken"].as_str().unwrap().to_string();
+                    }
+                    _ => break 'outer,
+                }
+            }
+        }
+        acknowledged
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    a.kill_hard();
+    let acknowledged = load.await.unwrap();
+    for token in &acknowledged {
+        let answer = b.client.refresh(token).await;
+        assert_eq!(
+            answer.status, 200,
+            "an acknowledged token was lost: {}",
+            answer.text
+        );
+    }
+}
