@@ -6,9 +6,9 @@
 //! [`crate::session::Session::refresh`] against the state its transaction
 //! sees and answers only after the result is committed.
 //!
-//! Today there is one backend, [`redb::RedbStore`]; a PostgreSQL backend for
-//! several instances would implement the same trait. `contract.rs` holds the
-//! checks every backend passes (run with `store_contract_tests!`).
+//! Two backends: [`redb::RedbStore`] (one file, the default) and
+//! [`postgres::PgStore`] (several instances on one database). `contract.rs`
+//! holds the checks every backend passes.
 
 #[cfg(test)]
 pub mod contract;
