@@ -1132,7 +1132,12 @@ mod tests {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $check() {
                 let Some((store, ())) = fresh().await else {
-                    eprintln!("SKIPPED: set LATCHKEY_TEST_DATABASE_URL to run the PostgreSQL contract");
+                    // Straight to stderr: the harness does not swallow it.
+                    use std::io::Write;
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "SKIPPED: the PostgreSQL contract needs LATCHKEY_TEST_DATABASE_URL"
+                    );
                     return;
                 };
                 crate::store::contract::$check(store).await;
@@ -1145,7 +1150,11 @@ mod tests {
     #[tokio::test]
     async fn a_newer_schema_is_refused() {
         let Some(url) = std::env::var("LATCHKEY_TEST_DATABASE_URL").ok() else {
-            eprintln!("SKIPPED: set LATCHKEY_TEST_DATABASE_URL");
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED: needs LATCHKEY_TEST_DATABASE_URL"
+            );
             return;
         };
         let mut name = [0u8; 8];
