@@ -551,9 +551,11 @@ async fn a_browser_app_on_a_listed_origin_logs_in_and_another_origin_cannot() {
     // The page servers first: their origins go into --cors-origin.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api = format!("http://{}", listener.local_addr().unwrap());
-    drop(listener);
+    // Held while the page servers bind, so neither can get the API's port;
+    // released just before latchkey binds it.
     let (allowed, _a) = page_server(browser_page(&api)).await;
     let (other, _b) = page_server(browser_page(&api)).await;
+    drop(listener);
     let (_dir, data) = data_dir();
     let seed = format!("ana@example.com:2:Ana:{PASSWORD}");
     let port = api.rsplit(':').next().unwrap().to_string();
