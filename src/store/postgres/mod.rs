@@ -40,6 +40,13 @@ use crate::session::{
 
 /// How often other instances' revocations are looked for.
 const LOG_POLL: Duration = Duration::from_millis(200);
+/// Revocation-feed reads running at once (of the pool's connections).
+const FEED_READS: usize = 4;
+/// How long a request waits for a pooled connection, or to connect.
+const CONNECT_WAIT: Duration = Duration::from_secs(5);
+/// Server-side limits on every connection: no lock wait, and no idle open
+/// transaction, can hold a request (and its connection) for long.
+const SESSION_LIMITS: &str = "-c lock_timeout=5s -c idle_in_transaction_session_timeout=30s";
 /// Attempts of one operation that keeps meeting serialization failures.
 const ATTEMPTS: usize = 8;
 
@@ -59,9 +66,35 @@ impl From<tokio_postgres::Error> for Failure {
             {
                 Failure::Retry
             }
-            _ => Failure::Fail(StoreError::Backend(format!("PostgreSQL: {e}"))),
+            _ => Failure::Fail(StoreError::Backend(format!("PostgreSQL: {}", describe(&e)))),
         }
     }
+}
+
+/// An error with the server's own message and code (tokio-postgres's
+/// `Display` says only "db error").
+pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({}, {})", db.message(), db.code().code(), e),
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
+    }
+}
+
+/// The database's clock, in Unix milliseconds: what every instance decides
+/// time-dependent questions by (a grace window opened by one instance and
+/// checked by another must not depend on their clocks agreeing).
+async fn database_now(txn: &Txn<'_>) -> Attempt<Millis> {
+    let now: i64 = txn
+        .query_one(
+            "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT",
+            &[],
+        )
+        .await?
+        .get(0);
+    Ok(uint(now))
 }
 
 impl From<deadpool_postgres::PoolError> for Failure {
@@ -329,6 +362,9 @@ async fn insert_user(txn: &Txn<'_>, user: &NewUser) -> Attempt<Option<User>> {
 
 pub struct PgStore {
     pool: Pool,
+    /// Feed reads at once: a revocation wakes every parked long poll, and
+    /// their reads must not take the whole pool from ordinary requests.
+    feed_reads: tokio::sync::Semaphore,
     clock: Clock,
     revocations: tokio::sync::watch::Sender<u64>,
     watcher: tokio::task::JoinHandle<()>,
@@ -344,9 +380,15 @@ impl PgStore {
     /// Connects to `url` (`postgres://user:password@host/db`), runs the
     /// migrations, and starts watching the revocation log.
     pub async fn open(url: &str, max_connections: usize) -> StoreResult<Self> {
-        let config: tokio_postgres::Config = url
+        let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| StoreError::Backend(format!("--database is not a PostgreSQL URL: {e}")))?;
+        let options = match config.get_options() {
+            Some(given) => format!("{given} {SESSION_LIMITS}"),
+            None => SESSION_LIMITS.to_string(),
+        };
+        config.options(&options);
+        config.connect_timeout(CONNECT_WAIT);
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -356,6 +398,9 @@ impl PgStore {
         );
         let pool = Pool::builder(manager)
             .max_size(max_connections.max(1))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(CONNECT_WAIT))
+            .create_timeout(Some(CONNECT_WAIT))
             .build()
             .map_err(|e| StoreError::Backend(format!("PostgreSQL pool: {e}")))?;
         let mut client = pool
@@ -368,6 +413,7 @@ impl PgStore {
         let watcher = tokio::spawn(watch_the_log(pool.clone(), revocations.clone()));
         Ok(PgStore {
             pool,
+            feed_reads: tokio::sync::Semaphore::new(FEED_READS),
             clock: Clock::default(),
             revocations,
             watcher,
@@ -607,6 +653,8 @@ impl Store for PgStore {
         let revoked = retrying!({
             let mut client = self.pool.get().await?;
             let txn = client.transaction().await?;
+            // The user row first, as every path that locks several sessions.
+            user_in(&txn, id, true).await?;
             let revoked = revoke_all(&txn, id, None, self.clock.now_millis()).await?;
             txn.commit().await?;
             Ok(revoked)
@@ -783,20 +831,21 @@ impl Store for PgStore {
         let outcome = retrying!({
             let mut client = self.pool.get().await?;
             let txn = client.transaction().await?;
+            let session = session_in(&txn, id, true).await?;
+            // The user as it is once the session's lock is ours.
             let Some(user) = user_in(&txn, user_id, false).await? else {
                 return Ok(RefreshOutcome::UserGone);
             };
-            let Some(mut session) = session_in(&txn, id, true)
-                .await?
-                .filter(|s| s.user_id == user_id)
-            else {
+            let Some(mut session) = session.filter(|s| s.user_id == user_id) else {
                 return Ok(RefreshOutcome::UnknownSession);
             };
             if user.disabled {
                 session.revoked = true;
             }
-            // Decided now, under the row lock, by the shared rules.
-            let now = clock.now_millis();
+            // Decided now, under the row lock, by the shared rules, on the
+            // database's clock (see `database_now`).
+            let _ = clock;
+            let now = database_now(&txn).await?;
             let decision = session.refresh(presented, now, policy, fresh_jti);
             if decision.changes_session() {
                 put_session(&txn, id, &session).await?;
@@ -868,7 +917,8 @@ impl Store for PgStore {
             else {
                 return Ok(GlobalLogout::UnknownSession);
             };
-            let now = clock.now_millis();
+            let _ = clock;
+            let now = database_now(&txn).await?;
             if let Err(refused) = session.authorise_global_logout(presented, now, policy) {
                 if refused == RefreshDecision::Reused {
                     put_session(&txn, id, &session).await?;
@@ -886,6 +936,11 @@ impl Store for PgStore {
     }
 
     async fn revocations(&self, after: Option<u64>, limit: usize) -> StoreResult<RevocationPage> {
+        let _turn = self
+            .feed_reads
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Closed)?;
         retrying!({
             let mut client = self.pool.get().await?;
             // One snapshot for the counters and the entries.
@@ -983,7 +1038,7 @@ impl Store for PgStore {
                 .execute(
                     "DELETE FROM latchkey_sessions WHERE id IN ( \
                          SELECT id FROM latchkey_sessions WHERE expires_at < $1 \
-                         ORDER BY expires_at LIMIT $2)",
+                         ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
                     &[&int(now), &int(limit as u64)],
                 )
                 .await?;
@@ -1146,6 +1201,36 @@ mod tests {
     }
 
     pg_contract!(users, rotation, sessions, revocation_log, signing_keys);
+
+    /// Instances starting together on an empty database all start.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn instances_starting_together_migrate_once() {
+        let Some(url) = std::env::var("LATCHKEY_TEST_DATABASE_URL").ok() else {
+            return;
+        };
+        for _ in 0..10 {
+            let mut name = [0u8; 8];
+            getrandom::fill(&mut name).unwrap();
+            let schema = format!("t{:016x}", u64::from_le_bytes(name));
+            let (client, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+            tokio::spawn(connection);
+            client
+                .batch_execute(&format!("CREATE SCHEMA {schema}"))
+                .await
+                .unwrap();
+            let scoped = format!("{url}?options=-csearch_path%3D{schema}");
+            let (a, b, c) = tokio::join!(
+                PgStore::open(&scoped, 2),
+                PgStore::open(&scoped, 2),
+                PgStore::open(&scoped, 2)
+            );
+            for opened in [a, b, c] {
+                if let Err(e) = opened {
+                    panic!("{e}");
+                }
+            }
+        }
+    }
 
     #[tokio::test]
     async fn a_newer_schema_is_refused() {

@@ -71,7 +71,24 @@ pub const MIGRATIONS: &[(i32, &str)] = &[(
 )];
 
 fn backend(e: tokio_postgres::Error) -> StoreError {
-    StoreError::Backend(format!("migrating the PostgreSQL schema: {e}"))
+    StoreError::Backend(format!(
+        "migrating the PostgreSQL schema: {}",
+        super::describe(&e)
+    ))
+}
+
+/// Whether `e` is another instance creating the same table at the same
+/// moment (the table exists now; going on is right).
+fn created_meanwhile(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    e.code().is_some_and(|code| {
+        [
+            SqlState::UNIQUE_VIOLATION,
+            SqlState::DUPLICATE_TABLE,
+            SqlState::DUPLICATE_OBJECT,
+        ]
+        .contains(code)
+    })
 }
 
 /// Brings the schema to the newest version this binary knows; refuses a
@@ -83,15 +100,18 @@ pub async fn migrate(client: &mut Client) -> StoreResult<i32> {
         .map_err(backend)?
         .get(0);
     if !exists {
-        client
+        let created = client
             .batch_execute(
                 "CREATE TABLE IF NOT EXISTS latchkey_migrations (
                      version    INTEGER PRIMARY KEY,
                      applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
                  )",
             )
-            .await
-            .map_err(backend)?;
+            .await;
+        match created {
+            Err(e) if created_meanwhile(&e) => {}
+            other => other.map_err(backend)?,
+        }
     }
     let txn = client.transaction().await.map_err(backend)?;
     txn.batch_execute("LOCK TABLE latchkey_migrations IN EXCLUSIVE MODE")
