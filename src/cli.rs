@@ -112,6 +112,9 @@ pub enum Command {
     /// Load a running server and report throughput and latency, or fill a
     /// database with test data (`--populate`).
     Bench(BenchArgs),
+    /// Move everything between a redb file and PostgreSQL (servers stopped).
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Bring the PostgreSQL schema (`--database`) up to date, and nothing
     /// else (`serve` does it too at start).
     Migrate,
@@ -517,6 +520,22 @@ pub enum UserCommand {
     },
     /// Write every user as JSON Lines (with `password_hash`) to stdout.
     Export,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Copy users, sessions, signing keys and the revocation log from one
+    /// store to another, ids and all, so existing tokens keep working. Each
+    /// side is a redb file path or a postgres:// URL; the target must be
+    /// empty. Stop the servers of both first.
+    Copy {
+        /// Where from: a redb file, or postgres://…
+        #[arg(long)]
+        from: String,
+        /// Where to: a redb file (created if missing), or postgres://…
+        #[arg(long)]
+        to: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -441,6 +441,77 @@ pub async fn keys_command(common: &CommonArgs, command: KeysCommand) -> Result<(
     Ok(())
 }
 
+/// A store named on the command line: a postgres:// URL or a redb file.
+async fn open_store(common: &CommonArgs, location: &str) -> Result<Arc<dyn Store>, BoxError> {
+    if location.starts_with("postgres://") || location.starts_with("postgresql://") {
+        return Ok(Arc::new(PgStore::open(location, 4).await?));
+    }
+    let mut at = config::store_location(common);
+    at.path = std::path::PathBuf::from(location);
+    at.min_free_bytes = 0;
+    Ok(Arc::new(RedbStore::open_at(&at).await?.0))
+}
+
+/// `store copy --from A --to B`: every record, ids and all, in pages.
+pub async fn store_copy(common: &CommonArgs, from: &str, to: &str) -> Result<(), BoxError> {
+    use crate::store::Restore;
+    const PAGE: usize = 5_000;
+    let source = open_store(common, from).await?;
+    let target = open_store(common, to).await?;
+    if !target.is_empty().await? {
+        return Err("the target already holds users or sessions; copy into an empty one".into());
+    }
+    let mut users = 0;
+    let mut after = None;
+    loop {
+        let page = source.users_page(after, PAGE).await?;
+        users += page.users.len();
+        if !page.users.is_empty() {
+            target.restore(Restore::Users(page.users)).await?;
+        }
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    let mut sessions = 0;
+    let mut after = None;
+    loop {
+        let page = source.sessions_page(after, PAGE).await?;
+        let Some((last, _)) = page.last() else { break };
+        after = Some(*last);
+        sessions += page.len();
+        target.restore(Restore::Sessions(page)).await?;
+    }
+    let mut revocations = 0;
+    let mut after = None;
+    loop {
+        let page = source.revocations(after, PAGE).await?;
+        let Some(last) = page.entries.last() else {
+            break;
+        };
+        after = Some(last.seq);
+        revocations += page.entries.len();
+        target.restore(Restore::Revocations(page.entries)).await?;
+    }
+    let keys = source.signing_keys().await?;
+    let target_keys = target.signing_keys().await?;
+    let copied_keys = keys.keys.len();
+    if !target
+        .replace_signing_keys(crate::keys::KeySet {
+            generation: target_keys.generation,
+            ..keys
+        })
+        .await?
+    {
+        return Err("the target's signing keys changed during the copy".into());
+    }
+    println!(
+        "copied {users} users, {sessions} sessions, {revocations} revocations and {copied_keys} signing keys"
+    );
+    Ok(())
+}
+
 /// `migrate`: the PostgreSQL schema brought up to date.
 pub async fn migrate(common: &CommonArgs) -> Result<(), BoxError> {
     let url = config::database_url(common)?.ok_or("migrate needs --database postgres://…")?;

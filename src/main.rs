@@ -38,6 +38,9 @@ fn main() -> ExitCode {
             }
             Command::Bench(args) => latchkey::bench::run(&args).await,
             Command::Migrate => commands::migrate(&cli.common).await,
+            Command::Store(latchkey::cli::StoreCommand::Copy { from, to }) => {
+                commands::store_copy(&cli.common, &from, &to).await
+            }
             Command::Completions { shell } => {
                 let mut command = <Cli as clap::CommandFactory>::command();
                 clap_complete::generate(shell, &mut command, "latchkey", &mut std::io::stdout());

@@ -351,6 +351,65 @@ pub async fn signing_keys(store: Arc<dyn Store>) {
     );
 }
 
+/// What `store copy` relies on: restored records keep their ids, later
+/// ids continue after them, pages walk everything in id order.
+pub async fn restore(store: Arc<dyn Store>) {
+    use super::{Restore, Revocation};
+    let clock = Clock::default();
+    assert!(store.is_empty().await.unwrap());
+    let user = new_user("ana@example.com").into_user(41);
+    store
+        .restore(Restore::Users(vec![user.clone()]))
+        .await
+        .unwrap();
+    assert!(!store.is_empty().await.unwrap());
+    assert_eq!(store.user(41).await.unwrap(), Some(user));
+    let next = store
+        .create_user(new_user("bo@example.com"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(next.id > 41, "ids continue after the restored ones");
+
+    let mut sessions: Vec<(SessionId, Session)> = (0..5).map(|_| session_of(41, &clock)).collect();
+    sessions.sort_by_key(|(id, _)| *id);
+    store
+        .restore(Restore::Sessions(sessions.clone()))
+        .await
+        .unwrap();
+    let first = store.sessions_page(None, 3).await.unwrap();
+    let rest = store.sessions_page(Some(first[2].0), 10).await.unwrap();
+    let walked: Vec<_> = first.into_iter().chain(rest).collect();
+    assert_eq!(walked, sessions);
+    assert_eq!(
+        store.sessions_of_user(41).await.unwrap().len(),
+        5,
+        "indexed by user"
+    );
+
+    let entry = Revocation {
+        seq: 7,
+        session_id: sessions[0].0,
+        user_id: 41,
+        ended_at: clock.now_millis(),
+    };
+    store
+        .restore(Restore::Revocations(vec![entry]))
+        .await
+        .unwrap();
+    store
+        .revoke_session(sessions[1].0, 41, clock.now_millis())
+        .await
+        .unwrap();
+    let log = store.revocations(None, 10).await.unwrap();
+    let seqs: Vec<u64> = log.entries.iter().map(|r| r.seq).collect();
+    assert_eq!(
+        seqs,
+        vec![7, 8],
+        "the log continues after the restored entries"
+    );
+}
+
 /// Runs every check of the contract against a backend: `$make` is an
 /// async expression giving a fresh, empty `Arc<dyn Store>` (and whatever
 /// must live as long, e.g. a temporary folder, as the second element).
@@ -383,6 +442,12 @@ macro_rules! store_contract_tests {
             async fn revocation_log() {
                 let (store, _keep) = $make.await;
                 $crate::store::contract::revocation_log(store).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn restore() {
+                let (store, _keep) = $make.await;
+                $crate::store::contract::restore(store).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

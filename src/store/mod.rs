@@ -202,6 +202,14 @@ pub struct RevocationPage {
     pub entries: Vec<Revocation>,
 }
 
+/// A batch written by [`Store::restore`], ids and all (`latchkey store copy`).
+#[derive(Debug, Clone)]
+pub enum Restore {
+    Users(Vec<User>),
+    Sessions(Vec<(SessionId, Session)>),
+    Revocations(Vec<Revocation>),
+}
+
 /// A storage failure. Never shown to clients (they get `unavailable`).
 #[derive(Debug, Clone)]
 pub enum StoreError {
@@ -365,6 +373,18 @@ pub trait Store: Send + Sync + 'static {
     async fn sweep_expired_sessions(&self, now: Millis, limit: usize) -> StoreResult<usize>;
     /// How many sessions are stored (live, and ended ones until swept).
     async fn count_sessions(&self) -> StoreResult<u64>;
+    /// Whether the store holds no user and no session (a copy's target).
+    async fn is_empty(&self) -> StoreResult<bool>;
+    /// Up to `limit` sessions with ids above `after`, in id order.
+    async fn sessions_page(
+        &self,
+        after: Option<SessionId>,
+        limit: usize,
+    ) -> StoreResult<Vec<(SessionId, Session)>>;
+    /// Writes records of another store as they are (ids, sequence numbers):
+    /// moving between backends. Later ids and sequence numbers continue
+    /// after the highest restored.
+    async fn restore(&self, batch: Restore) -> StoreResult<()>;
     /// The signing key set (empty, generation 0, before it is first written).
     async fn signing_keys(&self) -> StoreResult<KeySet>;
     /// Replaces the whole key set with `set`, if the stored generation is

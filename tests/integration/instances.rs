@@ -233,3 +233,80 @@ async fn killing_one_instance_under_load_loses_no_acknowledged_token() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moving_from_redb_to_postgresql_and_back_logs_nobody_out() {
+    let Some(database) = fresh_database().await else {
+        return;
+    };
+    let (_dir, data) = data_dir();
+    let file = data.join("latchkey.redb").display().to_string();
+    let server = ServerProcess::start(
+        &data,
+        &[
+            "--secret",
+            SECRET,
+            "--seed-user",
+            SEED,
+            "--signing-alg",
+            "EdDSA",
+        ],
+    );
+    let before = login(&server.client, "mo@example.com", None).await;
+    let spare = login(&server.client, "mo@example.com", None).await;
+    server.client.logout(&spare.refresh, None).await;
+    assert_eq!(server.terminate().code(), Some(0));
+
+    let copied = run_cli(&["store", "copy", "--from", &file, "--to", &database], "");
+    assert!(copied.status.success(), "{copied:?}");
+    let again = run_cli(&["store", "copy", "--from", &file, "--to", &database], "");
+    assert!(!again.status.success(), "a non-empty target is refused");
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("empty"),
+        "{again:?}"
+    );
+
+    let (_pg_dir, pg_data) = data_dir();
+    let server = ServerProcess::start(
+        &pg_data,
+        &[
+            "--database",
+            &database,
+            "--secret",
+            SECRET,
+            "--signing-alg",
+            "EdDSA",
+            "--no-admin-socket",
+        ],
+    );
+    // The access token (signed with the copied key) and the refresh token work.
+    assert_eq!(server.client.profile(&before.access).await.status, 200);
+    let moved = server.client.refresh(&before.refresh).await;
+    assert_eq!(moved.status, 200, "{}", moved.text);
+    server
+        .client
+        .profile(&spare.access)
+        .await
+        .assert_error(401, "session_revoked");
+    let next = Tokens::from_body(&moved.body);
+    assert_eq!(server.terminate().code(), Some(0));
+
+    // And back, into a new file.
+    let (_back_dir, back) = data_dir();
+    let back_file = back.join("latchkey.redb").display().to_string();
+    let copied = run_cli(
+        &["store", "copy", "--from", &database, "--to", &back_file],
+        "",
+    );
+    assert!(copied.status.success(), "{copied:?}");
+    let server = ServerProcess::start(&back, &["--secret", SECRET, "--signing-alg", "EdDSA"]);
+    assert_eq!(server.client.refresh(&next.refresh).await.status, 200);
+    let new_user = server
+        .client
+        .post_json(
+            "/auth/login",
+            &serde_json::json!({ "email": "mo@example.com", "password": PASSWORD }),
+        )
+        .await;
+    assert_eq!(new_user.status, 200);
+}

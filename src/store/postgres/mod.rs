@@ -1026,6 +1026,103 @@ impl Store for PgStore {
         })
     }
 
+    async fn is_empty(&self) -> StoreResult<bool> {
+        retrying!({
+            let client = self.pool.get().await?;
+            let row = client
+                .query_one(
+                    "SELECT NOT EXISTS (SELECT 1 FROM latchkey_users) \
+                         AND NOT EXISTS (SELECT 1 FROM latchkey_sessions)",
+                    &[],
+                )
+                .await?;
+            Ok(row.get(0))
+        })
+    }
+
+    async fn sessions_page(
+        &self,
+        after: Option<SessionId>,
+        limit: usize,
+    ) -> StoreResult<Vec<(SessionId, Session)>> {
+        retrying!({
+            let client = self.pool.get().await?;
+            let sql = format!(
+                "SELECT {SESSION_COLUMNS} FROM latchkey_sessions WHERE id > $1 ORDER BY id LIMIT $2"
+            );
+            // Big-endian ids order as numbers; "after nothing" is below every id.
+            let from = after.map_or_else(Vec::new, |a| id_bytes(a.0));
+            let rows = client.query(&sql, &[&from, &int(limit as u64)]).await?;
+            Ok(rows.iter().map(session_from).collect::<StoreResult<_>>()?)
+        })
+    }
+
+    async fn restore(&self, batch: super::Restore) -> StoreResult<()> {
+        use super::Restore;
+        retrying!({
+            let mut client = self.pool.get().await?;
+            let txn = client.transaction().await?;
+            match &batch {
+                Restore::Users(users) => {
+                    for user in users {
+                        txn.execute(
+                            &format!(
+                                "INSERT INTO latchkey_users ({USER_COLUMNS}) \
+                                 VALUES ($1, $2, $3, $4, $5, $6, $7)"
+                            ),
+                            &[
+                                &int(user.id),
+                                &user.email,
+                                &user.name,
+                                &user.role_id,
+                                &user.password_hash,
+                                &int(user.created_at),
+                                &user.disabled,
+                            ],
+                        )
+                        .await?;
+                    }
+                    // Later ids continue after the highest restored.
+                    txn.execute(
+                        "SELECT setval('latchkey_user_ids', \
+                             GREATEST((SELECT COALESCE(MAX(id), 0) FROM latchkey_users), 1))",
+                        &[],
+                    )
+                    .await?;
+                }
+                Restore::Sessions(sessions) => {
+                    for (id, session) in sessions {
+                        put_session(&txn, *id, session).await?;
+                    }
+                }
+                Restore::Revocations(entries) => {
+                    for entry in entries {
+                        txn.execute(
+                            "INSERT INTO latchkey_revocations (seq, session_id, user_id, ended_at) \
+                             VALUES ($1, $2, $3, $4)",
+                            &[
+                                &int(entry.seq),
+                                &id_bytes(entry.session_id.0),
+                                &int(entry.user_id),
+                                &int(entry.ended_at),
+                            ],
+                        )
+                        .await?;
+                    }
+                    txn.execute(
+                        "UPDATE latchkey_counters SET value = GREATEST(value, \
+                             (SELECT COALESCE(MAX(seq), 0) + 1 FROM latchkey_revocations)) \
+                         WHERE name = 'revocation_next_seq'",
+                        &[],
+                    )
+                    .await?;
+                }
+            }
+            txn.commit().await?;
+            Ok(())
+        })
+    }
+
     fn watch_revocations(&self) -> tokio::sync::watch::Receiver<u64> {
         self.revocations.subscribe()
     }
@@ -1200,7 +1297,14 @@ mod tests {
         )*};
     }
 
-    pg_contract!(users, rotation, sessions, revocation_log, signing_keys);
+    pg_contract!(
+        users,
+        rotation,
+        sessions,
+        revocation_log,
+        restore,
+        signing_keys
+    );
 
     /// Instances starting together on an empty database all start.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

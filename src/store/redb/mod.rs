@@ -923,6 +923,43 @@ impl Store for RedbStore {
             .await
     }
 
+    async fn is_empty(&self) -> StoreResult<bool> {
+        self.read(|txn| {
+            let users = txn.open_table(USERS).map_err(backend)?;
+            let sessions = txn.open_table(SESSIONS).map_err(backend)?;
+            Ok(
+                redb::ReadableTableMetadata::len(&users).map_err(backend)? == 0
+                    && redb::ReadableTableMetadata::len(&sessions).map_err(backend)? == 0,
+            )
+        })
+        .await
+    }
+
+    async fn sessions_page(
+        &self,
+        after: Option<SessionId>,
+        limit: usize,
+    ) -> StoreResult<Vec<(SessionId, Session)>> {
+        self.read(move |txn| {
+            let table = txn.open_table(SESSIONS).map_err(backend)?;
+            let from = after.map_or(0, |a| a.0.saturating_add(1));
+            let mut page = Vec::new();
+            for entry in table.range(from..).map_err(backend)?.take(limit) {
+                let (id, bytes) = entry.map_err(backend)?;
+                page.push((
+                    SessionId(id.value()),
+                    records::decode_session(id.value(), bytes.value())?,
+                ));
+            }
+            Ok(page)
+        })
+        .await
+    }
+
+    async fn restore(&self, batch: super::Restore) -> StoreResult<()> {
+        self.write(move |txn| records::restore(txn, batch)).await
+    }
+
     async fn revocations(&self, after: Option<u64>, limit: usize) -> StoreResult<RevocationPage> {
         if after.is_none() {
             // A bootstrap may read many entries: on the blocking pool.

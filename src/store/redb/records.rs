@@ -499,3 +499,58 @@ pub(super) fn prune_revocations(
     }
     Ok(pruned.len())
 }
+
+/// Writes another store's records as they are (`latchkey store copy`).
+pub(super) fn restore(txn: &WriteTransaction, batch: crate::store::Restore) -> StoreResult<()> {
+    use crate::store::Restore;
+    let mut meta = txn.open_table(META).map_err(backend)?;
+    let counter = |meta: &redb::Table<&str, u64>, name: &str| -> StoreResult<u64> {
+        Ok(meta.get(name).map_err(backend)?.map_or(0, |v| v.value()))
+    };
+    match batch {
+        Restore::Users(users) => {
+            let mut table = txn.open_table(USERS).map_err(backend)?;
+            let mut emails = txn.open_table(super::USER_EMAILS).map_err(backend)?;
+            let mut next = counter(&meta, super::NEXT_USER_ID)?.max(1);
+            for user in users {
+                table
+                    .insert(user.id, encode_user(&user).as_slice())
+                    .map_err(backend)?;
+                emails
+                    .insert(user.email.as_str(), user.id)
+                    .map_err(backend)?;
+                next = next.max(user.id + 1);
+            }
+            meta.insert(super::NEXT_USER_ID, next).map_err(backend)?;
+        }
+        Restore::Sessions(sessions) => {
+            let mut by_user = txn.open_table(USER_SESSIONS).map_err(backend)?;
+            let mut by_expiry = txn.open_table(SESSION_EXPIRY).map_err(backend)?;
+            for (id, session) in sessions {
+                put_session(txn, id, &session)?;
+                by_user
+                    .insert((session.user_id, id.0), ())
+                    .map_err(backend)?;
+                by_expiry
+                    .insert((session.expires_at, id.0), ())
+                    .map_err(backend)?;
+            }
+        }
+        Restore::Revocations(entries) => {
+            let mut table = txn.open_table(REVOCATIONS).map_err(backend)?;
+            let mut next = counter(&meta, REVOCATION_NEXT_SEQ)?.max(1);
+            for entry in entries {
+                table
+                    .insert(
+                        entry.seq,
+                        encode_revocation(entry.session_id, entry.user_id, entry.ended_at)
+                            .as_slice(),
+                    )
+                    .map_err(backend)?;
+                next = next.max(entry.seq + 1);
+            }
+            meta.insert(REVOCATION_NEXT_SEQ, next).map_err(backend)?;
+        }
+    }
+    Ok(())
+}
