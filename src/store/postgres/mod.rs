@@ -226,6 +226,37 @@ async fn session_in(txn: &Txn<'_>, id: SessionId, lock: bool) -> Attempt<Option<
     }
 }
 
+/// A read-only transaction that sees one snapshot throughout.
+async fn snapshot(client: &mut deadpool_postgres::Client) -> Attempt<Txn<'_>> {
+    Ok(client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?)
+}
+
+/// The values of the counters `names`, as a lookup (0 for one not there).
+async fn counters(txn: &Txn<'_>, names: &[&str]) -> Attempt<impl Fn(&str) -> u64> {
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let rows = txn
+        .query(
+            "SELECT name, value FROM latchkey_counters WHERE name = ANY($1)",
+            &[&names],
+        )
+        .await?;
+    let values: Vec<(String, u64)> = rows
+        .iter()
+        .map(|row| (row.get(0), uint(row.get(1))))
+        .collect();
+    Ok(move |name: &str| {
+        values
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(0, |(_, v)| *v)
+    })
+}
+
 async fn put_session(txn: &Txn<'_>, id: SessionId, s: &Session) -> Attempt<()> {
     txn.execute(
         "INSERT INTO latchkey_sessions (id, user_id, created_at, expires_at, current_jti, \
@@ -944,25 +975,16 @@ impl Store for PgStore {
         retrying!({
             let mut client = self.pool.get().await?;
             // One snapshot for the counters and the entries.
-            let txn = client
-                .build_transaction()
-                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .await?;
-            let counters = txn
-                .query(
-                    "SELECT name, value FROM latchkey_counters WHERE name IN \
-                     ('revocation_epoch', 'revocation_next_seq', 'revocations_pruned_through')",
-                    &[],
-                )
-                .await?;
-            let counter = |name: &str| {
-                counters
-                    .iter()
-                    .find(|row| row.get::<_, String>(0) == name)
-                    .map_or(0, |row| uint(row.get(1)))
-            };
+            let txn = snapshot(&mut client).await?;
+            let counter = counters(
+                &txn,
+                &[
+                    "revocation_epoch",
+                    "revocation_next_seq",
+                    "revocations_pruned_through",
+                ],
+            )
+            .await?;
             let rows = txn
                 .query(
                     "SELECT seq, session_id, user_id, ended_at FROM latchkey_revocations \
@@ -1157,25 +1179,16 @@ impl Store for PgStore {
     async fn signing_keys(&self) -> StoreResult<KeySet> {
         retrying!({
             let mut client = self.pool.get().await?;
-            let txn = client
-                .build_transaction()
-                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .await?;
-            let counters = txn
-                .query(
-                    "SELECT name, value FROM latchkey_counters WHERE name IN \
-                     ('key_set_generation', 'untyped_tokens_before', 'key_access_ttl')",
-                    &[],
-                )
-                .await?;
-            let counter = |name: &str| {
-                counters
-                    .iter()
-                    .find(|row| row.get::<_, String>(0) == name)
-                    .map_or(0, |row| uint(row.get(1)))
-            };
+            let txn = snapshot(&mut client).await?;
+            let counter = counters(
+                &txn,
+                &[
+                    "key_set_generation",
+                    "untyped_tokens_before",
+                    "key_access_ttl",
+                ],
+            )
+            .await?;
             let mut keys = Vec::new();
             for row in txn
                 .query(
