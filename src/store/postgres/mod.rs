@@ -158,16 +158,38 @@ fn uint(value: i64) -> u64 {
 const USER_COLUMNS: &str = "id, email, name, role_id, password_hash, created_at, disabled";
 
 fn user_from(row: &Row) -> User {
+    user_from_columns(row, 0)
+}
+
+/// A user from the row's columns `at..at + 7`, in [`USER_COLUMNS`] order.
+fn user_from_columns(row: &Row, at: usize) -> User {
     User {
-        id: uint(row.get(0)),
-        email: row.get(1),
-        name: row.get(2),
-        role_id: row.get(3),
-        password_hash: row.get(4),
-        created_at: uint(row.get(5)),
-        disabled: row.get(6),
+        id: uint(row.get(at)),
+        email: row.get(at + 1),
+        name: row.get(at + 2),
+        role_id: row.get(at + 3),
+        password_hash: row.get(at + 4),
+        created_at: uint(row.get(at + 5)),
+        disabled: row.get(at + 6),
     }
 }
+
+/// A rotation as one statement (see `refresh_session`); times on the
+/// database's clock, as the general path's `database_now`.
+const ROTATE: &str = "
+    WITH t AS (SELECT (extract(epoch FROM statement_timestamp()) * 1000)::BIGINT AS now)
+    UPDATE latchkey_sessions s SET
+        previous_jti = s.current_jti,
+        previous_rotated_at = t.now,
+        current_jti = $4,
+        current_iat = t.now / 1000,
+        current_exp = LEAST(t.now + $5, s.expires_at) / 1000
+    FROM t, latchkey_users u
+    WHERE s.id = $1 AND s.user_id = $2 AND s.current_jti = $3 AND NOT s.revoked
+      AND t.now < s.expires_at AND u.id = s.user_id AND NOT u.disabled
+    RETURNING s.id, s.user_id, s.created_at, s.expires_at, s.current_jti, s.current_iat,
+        s.current_exp, s.previous_jti, s.previous_rotated_at, s.revoked,
+        u.id, u.email, u.name, u.role_id, u.password_hash, u.created_at, u.disabled";
 
 const SESSION_COLUMNS: &str = "id, user_id, created_at, expires_at, current_jti, current_iat, \
      current_exp, previous_jti, previous_rotated_at, revoked";
@@ -837,15 +859,7 @@ impl Store for PgStore {
             };
             let (_, session) = session_from(&row)?;
             let owner: Option<i64> = row.get(10);
-            let owner = owner.map(|_| User {
-                id: uint(row.get(10)),
-                email: row.get(11),
-                name: row.get(12),
-                role_id: row.get(13),
-                password_hash: row.get(14),
-                created_at: uint(row.get(15)),
-                disabled: row.get(16),
-            });
+            let owner = owner.map(|_| user_from_columns(&row, 10));
             Ok(Some((session, owner)))
         })
     }
@@ -859,6 +873,38 @@ impl Store for PgStore {
         policy: RotationPolicy,
         fresh_jti: TokenId,
     ) -> StoreResult<RefreshOutcome> {
+        // The common case in one statement (one round trip, one commit): the
+        // current token of a live session of an enabled user rotates. Its
+        // WHERE is exactly when `Session::decide` says `Rotated`; a
+        // concurrent rotation makes it match nothing (PostgreSQL re-checks
+        // the row after waiting for its lock), and everything else (grace,
+        // reuse, revoked, expired, unknown) takes the general path below.
+        if let Some(outcome) = retrying!({
+            let client = self.pool.get().await?;
+            let statement = client.prepare_cached(ROTATE).await?;
+            let ttl = int(u64::try_from(policy.refresh_ttl.as_millis()).unwrap_or(u64::MAX));
+            let row = client
+                .query_opt(
+                    &statement,
+                    &[
+                        &id_bytes(id.0),
+                        &int(user_id),
+                        &id_bytes(presented.0),
+                        &id_bytes(fresh_jti.0),
+                        &ttl,
+                    ],
+                )
+                .await?;
+            let Some(row) = row else { return Ok(None) };
+            let (_, session) = session_from(&row)?;
+            Ok(Some(RefreshOutcome::Decided {
+                decision: RefreshDecision::Rotated,
+                session,
+                user: user_from_columns(&row, 10),
+            }))
+        })? {
+            return Ok(outcome);
+        }
         let outcome = retrying!({
             let mut client = self.pool.get().await?;
             let txn = client.transaction().await?;
