@@ -120,7 +120,8 @@ impl App {
             policy,
             throttle,
             Clock::default(),
-        );
+        )
+        .sharing_login_budgets(&config.signing.secret);
         for seed in &config.seed_users {
             let account = NewAccount {
                 email: seed.email.clone(),

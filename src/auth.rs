@@ -115,6 +115,9 @@ pub struct Auth {
     email_changes: SignupLimit,
     /// `None` when throttling is turned off.
     throttle: Option<Throttle>,
+    /// With a store shared by several instances: the key that names an
+    /// account's failure budget in the store, the same on every instance.
+    shared_budget: Option<aws_lc_rs::hmac::Key>,
     clock: Clock,
     accounts: Accounts,
 }
@@ -170,6 +173,7 @@ impl Auth {
             max_sessions_per_user: policy.max_sessions_per_user,
             registration,
             throttle,
+            shared_budget: None,
             clock,
             accounts,
         }
@@ -483,6 +487,30 @@ impl Auth {
         }
     }
 
+    /// Keeps each account's failure budget in the store as well, so that
+    /// guesses spread over several instances share one budget. `secret`
+    /// (the same on every instance) keys the hash that names the account.
+    pub fn sharing_login_budgets(mut self, secret: &crate::secrets::Secret) -> Self {
+        if self.throttle.is_some() && self.store.is_shared() {
+            self.shared_budget = Some(aws_lc_rs::hmac::Key::new(
+                aws_lc_rs::hmac::HMAC_SHA256,
+                secret.bytes(),
+            ));
+        }
+        self
+    }
+
+    /// The name of `email`'s failure budget in a shared store.
+    fn shared_account(&self, email: &str) -> Option<[u8; 16]> {
+        let key = self.shared_budget.as_ref()?;
+        let mut message = b"latchkey login budget\0".to_vec();
+        message.extend_from_slice(email.as_bytes());
+        let tag = aws_lc_rs::hmac::sign(key, &message);
+        let mut account = [0u8; 16];
+        account.copy_from_slice(&tag.as_ref()[..16]);
+        Some(account)
+    }
+
     /// The user whose password this is, under the throttle: a throttled
     /// attempt is refused before any hashing, and the result counts for the
     /// account and the address. The password is checked before anything
@@ -494,6 +522,15 @@ impl Auth {
         password: Password,
         client_address: Option<std::net::IpAddr>,
     ) -> Result<User, Error> {
+        let shared = self.shared_account(email);
+        if let Some(account) = shared {
+            let now = self.clock.now_millis();
+            if let Some(until) = self.store.login_blocked_until(account, now).await? {
+                return Err(rate_limited(crate::throttle::Blocked {
+                    retry_after: std::time::Duration::from_millis(until.saturating_sub(now)),
+                }));
+            }
+        }
         let attempt = match &self.throttle {
             Some(throttle) => Some(
                 throttle
@@ -516,12 +553,40 @@ impl Auth {
                 if let Some(attempt) = attempt {
                     attempt.succeeded();
                 }
+                if let Some(account) = shared {
+                    self.store.clear_login_failures(account).await?;
+                }
                 if verification.needs_rehash {
                     self.upgrade_hash_in_background(&user, password);
                 }
                 Ok(user)
             }
             _ => {
+                if let (Some(account), Some(throttle)) = (shared, &self.throttle) {
+                    let policy = throttle.policy();
+                    let millis =
+                        |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+                    let budget = crate::store::LoginBudget {
+                        free: policy.account_free_failures,
+                        base_delay: millis(policy.base_delay),
+                        max_delay: millis(policy.max_delay),
+                        forget_after: millis(policy.forget_after),
+                    };
+                    let now = self.clock.now_millis();
+                    if let Some(until) = self
+                        .store
+                        .record_login_failure(account, now, budget)
+                        .await?
+                    {
+                        tracing::warn!(
+                            event = "login_throttled",
+                            key = "account",
+                            shared = true,
+                            blocked_secs = until.saturating_sub(now) / 1000,
+                            "login throttled: an account's failure budget (shared by the instances) is spent"
+                        );
+                    }
+                }
                 if let Some(attempt) = attempt {
                     // A security event once per block, not per refused attempt.
                     let (account, address) = attempt.failed();

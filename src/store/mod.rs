@@ -202,6 +202,16 @@ pub struct RevocationPage {
     pub entries: Vec<Revocation>,
 }
 
+/// The account failure budget of [`Store::record_login_failure`], in
+/// milliseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct LoginBudget {
+    pub free: u32,
+    pub base_delay: Millis,
+    pub max_delay: Millis,
+    pub forget_after: Millis,
+}
+
 /// A batch written by [`Store::restore`], ids and all (`latchkey store copy`).
 #[derive(Debug, Clone)]
 pub enum Restore {
@@ -373,6 +383,38 @@ pub trait Store: Send + Sync + 'static {
     async fn sweep_expired_sessions(&self, now: Millis, limit: usize) -> StoreResult<usize>;
     /// How many sessions are stored (live, and ended ones until swept).
     async fn count_sessions(&self) -> StoreResult<u64>;
+    /// Whether several processes may share this store (then login failure
+    /// budgets are kept in it too, below; a store of one process leaves
+    /// them to the in-process throttle).
+    fn is_shared(&self) -> bool {
+        false
+    }
+    /// Records a failed password check of `account` (a keyed hash of its
+    /// email) at `now`: past `free` failures (older than `forget_after`
+    /// ms no longer count) the account is blocked: the failure that spends
+    /// the budget starts a block of `base_delay` ms, doubling with each
+    /// further failure up to `max_delay` ms. Answers
+    /// until when it is blocked, if it is.
+    async fn record_login_failure(
+        &self,
+        _account: [u8; 16],
+        _now: Millis,
+        _budget: LoginBudget,
+    ) -> StoreResult<Option<Millis>> {
+        Ok(None)
+    }
+    /// Until when `account` is blocked at `now`, if it is.
+    async fn login_blocked_until(
+        &self,
+        _account: [u8; 16],
+        _now: Millis,
+    ) -> StoreResult<Option<Millis>> {
+        Ok(None)
+    }
+    /// A successful login: the account's failures are forgotten.
+    async fn clear_login_failures(&self, _account: [u8; 16]) -> StoreResult<()> {
+        Ok(())
+    }
     /// Whether the store holds no user and no session (a copy's target).
     async fn is_empty(&self) -> StoreResult<bool>;
     /// Up to `limit` sessions with ids above `after`, in id order.

@@ -310,3 +310,40 @@ async fn moving_from_redb_to_postgresql_and_back_logs_nobody_out() {
         .await;
     assert_eq!(new_user.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guesses_spread_over_two_instances_share_one_account_budget() {
+    let Some(database) = fresh_database().await else {
+        return;
+    };
+    let (servers, _dirs) = two_instances(&database, &["--throttle-base-delay", "30s"]);
+    let mut statuses = Vec::new();
+    for n in 0..12 {
+        let client = &servers[n % 2].client;
+        let answer = client
+            .post_json(
+                "/auth/login",
+                &serde_json::json!({ "email": "mo@example.com", "password": format!("wrong guess {n}") }),
+            )
+            .await;
+        statuses.push(answer.status.as_u16());
+    }
+    // Five failed checks in all (the account budget), not five per instance.
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 401).count(),
+        5,
+        "{statuses:?}"
+    );
+    assert!(statuses[5..].iter().all(|s| *s == 429), "{statuses:?}");
+    // On both instances, even with the right password, until the block ends.
+    for server in &servers {
+        let answer = server
+            .client
+            .post_json(
+                "/auth/login",
+                &serde_json::json!({ "email": "mo@example.com", "password": PASSWORD }),
+            )
+            .await;
+        answer.assert_error(429, "rate_limited");
+    }
+}

@@ -1191,6 +1191,87 @@ impl Store for PgStore {
         })
     }
 
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    async fn record_login_failure(
+        &self,
+        account: [u8; 16],
+        now: Millis,
+        budget: super::LoginBudget,
+    ) -> StoreResult<Option<Millis>> {
+        retrying!({
+            let mut client = self.pool.get().await?;
+            let txn = client.transaction().await?;
+            // Counted under the row's lock: instances cannot both count one.
+            let failures: i32 = txn
+                .query_one(
+                    "INSERT INTO latchkey_login_failures (account, failures, last_failure) \
+                     VALUES ($1, 1, $2) \
+                     ON CONFLICT (account) DO UPDATE SET \
+                         failures = CASE WHEN latchkey_login_failures.last_failure < $2::BIGINT - $3::BIGINT \
+                             THEN 1 ELSE latchkey_login_failures.failures + 1 END, \
+                         last_failure = $2 \
+                     RETURNING failures",
+                    &[&account.as_slice(), &int(now), &int(budget.forget_after)],
+                )
+                .await?
+                .get(0);
+            // The failure that spends the budget starts the first block (as
+            // the in-process throttle: `free` checks fail, the next waits).
+            let over = u32::try_from(failures)
+                .unwrap_or(0)
+                .saturating_sub(budget.free.saturating_sub(1));
+            let blocked_until = (over > 0).then(|| {
+                let delay = budget
+                    .base_delay
+                    .saturating_mul(1u64 << (over - 1).min(30))
+                    .min(budget.max_delay);
+                now.saturating_add(delay)
+            });
+            if let Some(until) = blocked_until {
+                txn.execute(
+                    "UPDATE latchkey_login_failures SET blocked_until = $2 WHERE account = $1",
+                    &[&account.as_slice(), &int(until)],
+                )
+                .await?;
+            }
+            txn.commit().await?;
+            Ok(blocked_until)
+        })
+    }
+
+    async fn login_blocked_until(
+        &self,
+        account: [u8; 16],
+        now: Millis,
+    ) -> StoreResult<Option<Millis>> {
+        retrying!({
+            let client = self.pool.get().await?;
+            let row = client
+                .query_opt(
+                    "SELECT blocked_until FROM latchkey_login_failures WHERE account = $1",
+                    &[&account.as_slice()],
+                )
+                .await?;
+            Ok(row.map(|row| uint(row.get(0))).filter(|until| *until > now))
+        })
+    }
+
+    async fn clear_login_failures(&self, account: [u8; 16]) -> StoreResult<()> {
+        retrying!({
+            let client = self.pool.get().await?;
+            client
+                .execute(
+                    "DELETE FROM latchkey_login_failures WHERE account = $1",
+                    &[&account.as_slice()],
+                )
+                .await?;
+            Ok(())
+        })
+    }
+
     fn watch_revocations(&self) -> tokio::sync::watch::Receiver<u64> {
         self.revocations.subscribe()
     }
@@ -1204,6 +1285,17 @@ impl Store for PgStore {
                     "DELETE FROM latchkey_sessions WHERE id IN ( \
                          SELECT id FROM latchkey_sessions WHERE expires_at < $1 \
                          ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                    &[&int(now), &int(limit as u64)],
+                )
+                .await?;
+            // Failure records that count no more and block nothing: the
+            // table stays bounded by the failures of one forgetting window.
+            client
+                .execute(
+                    "DELETE FROM latchkey_login_failures WHERE account IN ( \
+                         SELECT account FROM latchkey_login_failures \
+                         WHERE last_failure < $1::BIGINT - 86400000 AND blocked_until < $1::BIGINT \
+                         LIMIT $2 FOR UPDATE SKIP LOCKED)",
                     &[&int(now), &int(limit as u64)],
                 )
                 .await?;

@@ -13,9 +13,10 @@ use tokio_postgres::Client;
 use crate::store::{StoreError, StoreResult};
 
 /// `(version, SQL)`, in order. Never edit one that shipped: add the next.
-pub const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    r#"
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        r#"
     -- Ids never reused (as in the redb file's counter).
     CREATE SEQUENCE latchkey_user_ids START 1;
     CREATE TABLE latchkey_users (
@@ -68,7 +69,22 @@ pub const MIGRATIONS: &[(i32, &str)] = &[(
         record TEXT NOT NULL
     );
     "#,
-)];
+    ),
+    (
+        2,
+        r#"
+    -- Failed password checks per account (a keyed hash of the email),
+    -- shared by every instance; rows are deleted once forgotten.
+    CREATE TABLE latchkey_login_failures (
+        account       BYTEA PRIMARY KEY,
+        failures      INTEGER NOT NULL,
+        last_failure  BIGINT NOT NULL,
+        blocked_until BIGINT NOT NULL DEFAULT 0
+    );
+    CREATE INDEX latchkey_login_failures_by_age ON latchkey_login_failures (last_failure);
+    "#,
+    ),
+];
 
 fn backend(e: tokio_postgres::Error) -> StoreError {
     StoreError::Backend(format!(
