@@ -202,6 +202,38 @@ pub struct RevocationPage {
     pub entries: Vec<Revocation>,
 }
 
+/// What keeping a user under the session cap takes before one more session
+/// is stored (see [`Store::create_session`]), as positions in `sessions`
+/// (the user's sessions, oldest first): the oldest live ones to end, so that
+/// at most `max_live` are live with the new one, and the oldest ended ones
+/// (those ended here included) to delete, so that at most `2 × max_live`
+/// are kept. The one rule every backend applies.
+pub struct RoomForASession {
+    pub end: Vec<usize>,
+    pub delete: Vec<usize>,
+}
+
+pub fn room_for_a_session(
+    sessions: &[(SessionId, Session)],
+    now: Millis,
+    max_live: usize,
+) -> RoomForASession {
+    let max_live = max_live.max(1);
+    let live: Vec<usize> = (0..sessions.len())
+        .filter(|&i| sessions[i].1.is_live(now))
+        .collect();
+    let end: Vec<usize> = live
+        .iter()
+        .copied()
+        .take((live.len() + 1).saturating_sub(max_live))
+        .collect();
+    let delete = (0..sessions.len())
+        .filter(|i| !sessions[*i].1.is_live(now) || end.contains(i))
+        .take((sessions.len() + 1).saturating_sub(2 * max_live))
+        .collect();
+    RoomForASession { end, delete }
+}
+
 /// The account failure budget of [`Store::record_login_failure`], in
 /// milliseconds.
 #[derive(Debug, Clone, Copy)]

@@ -791,39 +791,25 @@ impl Store for PgStore {
             if !user.is_some_and(|u| !u.disabled && u.password_hash == checked_hash) {
                 return Ok(NewSession::UserChanged);
             }
-            let max_live = max_live.max(1);
             let mut existing = sessions_of(&txn, session.user_id, true).await?;
             let now = session.created_at;
-            let live = existing.iter().filter(|(_, s)| s.is_live(now)).count();
-            let mut to_revoke = (live + 1).saturating_sub(max_live);
-            let mut capped = 0;
-            for (sid, old) in &mut existing {
-                if to_revoke == 0 {
-                    break;
-                }
-                if old.is_live(now) {
-                    end_session(&txn, *sid, old, now).await?;
-                    to_revoke -= 1;
-                    capped += 1;
-                }
+            let room = super::room_for_a_session(&existing, now, max_live);
+            for &i in &room.end {
+                let (sid, old) = &mut existing[i];
+                end_session(&txn, *sid, old, now).await?;
             }
-            let mut to_delete = (existing.len() + 1).saturating_sub(2 * max_live);
-            for (sid, old) in &existing {
-                if to_delete == 0 {
-                    break;
-                }
-                if !old.is_live(now) {
-                    txn.execute(
-                        "DELETE FROM latchkey_sessions WHERE id = $1",
-                        &[&id_bytes(sid.0)],
-                    )
-                    .await?;
-                    to_delete -= 1;
-                }
+            for &i in &room.delete {
+                txn.execute(
+                    "DELETE FROM latchkey_sessions WHERE id = $1",
+                    &[&id_bytes(existing[i].0 .0)],
+                )
+                .await?;
             }
             put_session(&txn, id, session).await?;
             txn.commit().await?;
-            Ok(NewSession::Created { capped })
+            Ok(NewSession::Created {
+                capped: room.end.len(),
+            })
         })?;
         if matches!(created, NewSession::Created { capped } if capped > 0) {
             self.logged();

@@ -429,40 +429,23 @@ fn make_room_for_a_session(
     if ids.len() < max_live {
         return Ok(0);
     }
+    // Oldest first: session ids are time-ordered.
     let mut sessions = Vec::with_capacity(ids.len());
     for sid in ids {
         if let Some(session) = read_session_in_write(txn, SessionId(sid))? {
-            sessions.push((sid, session));
+            sessions.push((SessionId(sid), session));
         }
     }
-    // Oldest first: session ids are time-ordered.
-    let live = sessions
-        .iter()
-        .filter(|(_, s)| s.is_live(new.created_at))
-        .count();
-    let mut to_revoke = (live + 1).saturating_sub(max_live);
-    let mut revoked = 0;
-    for (sid, session) in &mut sessions {
-        if to_revoke == 0 {
-            break;
-        }
-        if session.is_live(new.created_at) {
-            end_session(txn, SessionId(*sid), session, new.created_at)?;
-            to_revoke -= 1;
-            revoked += 1;
-        }
+    let room = super::room_for_a_session(&sessions, new.created_at, max_live);
+    for &i in &room.end {
+        let (sid, session) = &mut sessions[i];
+        end_session(txn, *sid, session, new.created_at)?;
     }
-    let mut to_delete = (sessions.len() + 1).saturating_sub(2 * max_live);
-    for (sid, session) in &sessions {
-        if to_delete == 0 {
-            break;
-        }
-        if !session.is_live(new.created_at) {
-            delete_session(txn, *sid, session)?;
-            to_delete -= 1;
-        }
+    for &i in &room.delete {
+        let (sid, session) = &sessions[i];
+        delete_session(txn, sid.0, session)?;
     }
-    Ok(revoked)
+    Ok(room.end.len())
 }
 
 /// Creates the tables a new file lacks (a no-op on an existing one).
