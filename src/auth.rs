@@ -130,6 +130,15 @@ fn rate_limited(blocked: crate::throttle::Blocked) -> Error {
     }
 }
 
+/// Both token types, the `hint` (else `otherwise`) first: a
+/// `token_type_hint` says only which to try first (RFC 7662, RFC 7009).
+fn types_in_order(hint: Option<TokenType>, otherwise: TokenType) -> [TokenType; 2] {
+    match hint.unwrap_or(otherwise) {
+        TokenType::Access => [TokenType::Access, TokenType::Refresh],
+        TokenType::Refresh => [TokenType::Refresh, TokenType::Access],
+    }
+}
+
 fn profile_of(user: &User) -> Profile {
     Profile {
         id: user.id.to_string(),
@@ -274,11 +283,7 @@ impl Auth {
         hint: Option<TokenType>,
     ) -> Result<Introspection, Error> {
         let (now_secs, now) = (self.clock.now_secs(), self.clock.now_millis());
-        let order = match hint {
-            Some(TokenType::Refresh) => [TokenType::Refresh, TokenType::Access],
-            _ => [TokenType::Access, TokenType::Refresh],
-        };
-        for kind in order {
+        for kind in types_in_order(hint, TokenType::Access) {
             let Ok(verified) = self.keys.verify(token, kind, now_secs) else {
                 continue;
             };
@@ -310,11 +315,7 @@ impl Auth {
     /// session; anything else changes nothing, and the caller is told
     /// nothing either way.
     pub async fn revoke_token(&self, token: &str, hint: Option<TokenType>) -> Result<(), Error> {
-        let order = match hint {
-            Some(TokenType::Access) => [TokenType::Access, TokenType::Refresh],
-            _ => [TokenType::Refresh, TokenType::Access],
-        };
-        for kind in order {
+        for kind in types_in_order(hint, TokenType::Refresh) {
             if let Ok(verified) = self.keys.verify(token, kind, self.clock.now_secs()) {
                 // Decided from a read first: a token of a session that has
                 // ended (anyone may send one, again and again) costs no write.

@@ -54,8 +54,8 @@ impl Keys {
         clock: Clock,
     ) -> Result<Keys, Error> {
         let access_ttl = u64::try_from(access_ttl.as_millis()).unwrap_or(u64::MAX);
-        let previous_access_ttl = Duration::from_millis(store.signing_keys().await?.access_ttl);
-        let (set, ring) = Self::reconcile(&store, &config, access_ttl, &clock).await?;
+        let (previous_access_ttl, set, ring) =
+            Self::reconcile(&store, &config, access_ttl, &clock).await?;
         tracing::info!(
             alg = config.alg.as_str(),
             kid = %ring.access_signer(clock.now_millis()).kid,
@@ -78,9 +78,13 @@ impl Keys {
         config: &SigningConfig,
         access_ttl: Millis,
         clock: &Clock,
-    ) -> Result<(KeySet, KeyRing), Error> {
+    ) -> Result<(Duration, KeySet, KeyRing), Error> {
+        // The lifetime of the last server that ran here, as first read.
+        let mut previous_access_ttl = None;
         for _ in 0..SWAP_ATTEMPTS {
             let set = store.signing_keys().await?;
+            let previous =
+                *previous_access_ttl.get_or_insert(Duration::from_millis(set.access_ttl));
             let has_sessions = set.generation == 0 && store.count_sessions().await? > 0;
             let now = clock.now_millis();
             let plan = {
@@ -120,7 +124,7 @@ impl Keys {
                 }
             };
             let ring = KeyRing::build(config, &set, now).map_err(key_error)?;
-            return Ok((set, ring));
+            return Ok((previous, set, ring));
         }
         Err(Error::Internal(
             "the signing key set kept changing under this server's start".into(),
