@@ -21,6 +21,7 @@ use crate::store::{
     GlobalLogout, LogoutScope, NewSession, NewUser, RefreshOutcome, RevokeSessions, Store, User,
     UserChange,
 };
+use crate::throttle::shared::{Refused as SharedRefusal, SharedBudgets};
 use crate::throttle::{SignupLimit, Throttle, ThrottlePolicy};
 use crate::tokens::{Profile, TokenKeys, TokenType};
 
@@ -115,9 +116,9 @@ pub struct Auth {
     email_changes: SignupLimit,
     /// `None` when throttling is turned off.
     throttle: Option<Throttle>,
-    /// With a store shared by several instances: the key that names an
-    /// account's failure budget in the store, the same on every instance.
-    shared_budget: Option<aws_lc_rs::hmac::Key>,
+    /// With a store shared by several instances: the failure budgets kept
+    /// in it, which every instance draws on.
+    shared_budgets: Option<SharedBudgets>,
     clock: Clock,
     accounts: Accounts,
 }
@@ -182,7 +183,7 @@ impl Auth {
             max_sessions_per_user: policy.max_sessions_per_user,
             registration,
             throttle,
-            shared_budget: None,
+            shared_budgets: None,
             clock,
             accounts,
         }
@@ -488,28 +489,22 @@ impl Auth {
         }
     }
 
-    /// Keeps each account's failure budget in the store as well, so that
-    /// guesses spread over several instances share one budget. `secret`
-    /// (the same on every instance) keys the hash that names the account.
+    /// Keeps the failure budgets in the store as well, so that guesses
+    /// spread over several instances share one budget per account and per
+    /// address. `secret` (the same on every instance) keys the hashes that
+    /// name them.
     pub fn sharing_login_budgets(mut self, secret: &crate::secrets::Secret) -> Self {
-        if self.throttle.is_some() && self.store.is_shared() {
-            self.shared_budget = Some(aws_lc_rs::hmac::Key::new(
-                aws_lc_rs::hmac::HMAC_SHA256,
-                secret.bytes(),
-            ));
+        if let Some(throttle) = &self.throttle {
+            if self.store.is_shared() {
+                self.shared_budgets = Some(SharedBudgets::new(
+                    Arc::clone(&self.store),
+                    secret,
+                    *throttle.policy(),
+                    self.clock.clone(),
+                ));
+            }
         }
         self
-    }
-
-    /// The name of `email`'s failure budget in a shared store.
-    fn shared_account(&self, email: &str) -> Option<[u8; 16]> {
-        let key = self.shared_budget.as_ref()?;
-        let mut message = b"latchkey login budget\0".to_vec();
-        message.extend_from_slice(email.as_bytes());
-        let tag = aws_lc_rs::hmac::sign(key, &message);
-        let mut account = [0u8; 16];
-        account.copy_from_slice(&tag.as_ref()[..16]);
-        Some(account)
     }
 
     /// The user whose password this is, under the throttle: a throttled
@@ -523,15 +518,6 @@ impl Auth {
         password: Password,
         client_address: Option<std::net::IpAddr>,
     ) -> Result<User, Error> {
-        let shared = self.shared_account(email);
-        if let Some(account) = shared {
-            let now = self.clock.now_millis();
-            if let Some(until) = self.store.login_blocked_until(account, now).await? {
-                return Err(rate_limited(crate::throttle::Blocked {
-                    retry_after: std::time::Duration::from_millis(until.saturating_sub(now)),
-                }));
-            }
-        }
         let attempt = match &self.throttle {
             Some(throttle) => Some(
                 throttle
@@ -539,6 +525,17 @@ impl Auth {
                     .await
                     .map_err(rate_limited)?,
             ),
+            None => None,
+        };
+        // The in-process throttle above bounds how many attempts per key
+        // this instance sends here.
+        let shared = match &self.shared_budgets {
+            Some(budgets) => Some(budgets.begin(email, client_address).await.map_err(
+                |refused| match refused {
+                    SharedRefusal::Blocked(blocked) => rate_limited(blocked),
+                    SharedRefusal::Store(e) => Error::from(e),
+                },
+            )?),
             None => None,
         };
         let user = self.store.user_by_email(email).await?;
@@ -554,8 +551,8 @@ impl Auth {
                 if let Some(attempt) = attempt {
                     attempt.succeeded();
                 }
-                if let Some(account) = shared {
-                    self.store.clear_login_failures(account).await?;
+                if let Some(shared) = shared {
+                    shared.succeeded().await?;
                 }
                 if verification.needs_rehash {
                     self.upgrade_hash_in_background(&user, password);
@@ -563,44 +560,26 @@ impl Auth {
                 Ok(user)
             }
             _ => {
-                if let (Some(account), Some(throttle)) = (shared, &self.throttle) {
-                    let policy = throttle.policy();
-                    let millis =
-                        |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-                    let budget = crate::store::LoginBudget {
-                        free: policy.account_free_failures,
-                        base_delay: millis(policy.base_delay),
-                        max_delay: millis(policy.max_delay),
-                        forget_after: millis(policy.forget_after),
-                    };
-                    let now = self.clock.now_millis();
-                    if let Some(until) = self
-                        .store
-                        .record_login_failure(account, now, budget)
-                        .await?
-                    {
-                        tracing::warn!(
-                            event = "login_throttled",
-                            key = "account",
-                            shared = true,
-                            blocked_secs = until.saturating_sub(now) / 1000,
-                            "login throttled: an account's failure budget (shared by the instances) is spent"
-                        );
-                    }
-                }
-                if let Some(attempt) = attempt {
-                    // A security event once per block, not per refused attempt.
-                    let (account, address) = attempt.failed();
+                // A security event once per block, not per refused attempt;
+                // with shared budgets, theirs (the local ones are a subset).
+                let local = attempt.map(|attempt| attempt.failed());
+                let blocks = match shared {
+                    Some(shared) => Some(shared.failed().await?),
+                    None => local,
+                };
+                if let Some((account, address)) = blocks {
+                    let shared = self.shared_budgets.is_some();
                     if let Some(block) = account {
                         tracing::warn!(
                             event = "login_throttled",
                             key = "account",
+                            shared,
                             blocked_secs = block.as_secs(),
                             "login throttled: an account's failure budget is spent"
                         );
                     }
                     if let Some(block) = address {
-                        tracing::warn!(event = "login_throttled", key = "address", client = %client_address.map_or_else(String::new, |c| c.to_string()), blocked_secs = block.as_secs(), "login throttled: a client address's failure budget is spent");
+                        tracing::warn!(event = "login_throttled", key = "address", shared, client = %client_address.map_or_else(String::new, |c| c.to_string()), blocked_secs = block.as_secs(), "login throttled: a client address's failure budget is spent");
                     }
                 }
                 Err(Error::InvalidCredentials)

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{
-    GlobalLogout, Import, NewSession, NewUser, RefreshOutcome, RevokeSessions, Store, UserChange,
-    UserUpdate,
+    GlobalLogout, Import, LoginAdmission, LoginBudget, LoginClaim, LoginEnd, NewSession, NewUser,
+    RefreshOutcome, RevokeSessions, Store, UserChange, UserUpdate, LOGIN_ATTEMPT_LEASE,
 };
 use crate::clock::Clock;
 use crate::keys::{KeySet, SigningAlg, StoredKey};
@@ -410,6 +410,136 @@ pub async fn restore(store: Arc<dyn Store>) {
     );
 }
 
+/// Shared login failure budgets: a store of one process keeps none (the
+/// in-process throttle does); a shared one counts failures and running
+/// attempts exactly, across every caller.
+pub async fn login_budgets(store: Arc<dyn Store>) {
+    let budget = LoginBudget {
+        free: 3,
+        base_delay: 1_000,
+        max_delay: 4_000,
+        forget_after: 60_000,
+    };
+    let account = LoginClaim {
+        name: [1; 16],
+        budget,
+    };
+    let address = LoginClaim {
+        name: [2; 16],
+        budget: LoginBudget { free: 10, ..budget },
+    };
+    let both = [account, address];
+    let t = 1_000_000;
+    if !store.is_shared() {
+        for _ in 0..10 {
+            assert_eq!(
+                store.begin_login_attempt(&both, t).await.unwrap(),
+                LoginAdmission::Admitted
+            );
+        }
+        return;
+    }
+    let begin = |now| {
+        let store = Arc::clone(&store);
+        async move { store.begin_login_attempt(&both, now).await.unwrap() }
+    };
+    let end = |how: LoginEnd, now| {
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .end_login_attempt(&[(account, how), (address, LoginEnd::Failed)], now)
+                .await
+                .unwrap()
+        }
+    };
+    // Three may run at once (the budget), the fourth waits for one.
+    for _ in 0..3 {
+        assert_eq!(begin(t).await, LoginAdmission::Admitted);
+    }
+    assert_eq!(begin(t).await, LoginAdmission::Busy);
+    // Two fail: still within the budget, no block.
+    assert_eq!(end(LoginEnd::Failed, t).await, vec![None, None]);
+    assert_eq!(end(LoginEnd::Failed, t).await, vec![None, None]);
+    // The third spends it: a block of base_delay starts.
+    assert_eq!(end(LoginEnd::Failed, t).await, vec![Some(t + 1_000), None]);
+    assert_eq!(
+        begin(t + 999).await,
+        LoginAdmission::Blocked { until: t + 1_000 }
+    );
+    // After the block, one at a time; the next failure doubles it.
+    assert_eq!(begin(t + 1_000).await, LoginAdmission::Admitted);
+    assert_eq!(begin(t + 1_000).await, LoginAdmission::Busy);
+    assert_eq!(
+        end(LoginEnd::Failed, t + 1_000).await,
+        vec![Some(t + 3_000), None]
+    );
+    // An instance that died mid-check: its place is free after the lease.
+    let later = t + 3_000;
+    assert_eq!(begin(later).await, LoginAdmission::Admitted);
+    assert_eq!(begin(later + 1).await, LoginAdmission::Busy);
+    assert_eq!(
+        begin(later + LOGIN_ATTEMPT_LEASE).await,
+        LoginAdmission::Admitted
+    );
+    // A success clears the account (and releases the address: its
+    // failures stay, four so far).
+    let now = later + LOGIN_ATTEMPT_LEASE;
+    store
+        .end_login_attempt(
+            &[(account, LoginEnd::Cleared), (address, LoginEnd::Released)],
+            now,
+        )
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        assert_eq!(begin(now).await, LoginAdmission::Admitted);
+    }
+    assert_eq!(begin(now).await, LoginAdmission::Busy);
+    // The address budget (ten) blocks every account from it: the three
+    // running here fail (seven), and three of another account spend it.
+    let other = LoginClaim {
+        name: [3; 16],
+        budget,
+    };
+    for _ in 0..3 {
+        store
+            .end_login_attempt(
+                &[(account, LoginEnd::Released), (address, LoginEnd::Failed)],
+                now,
+            )
+            .await
+            .unwrap();
+    }
+    for _ in 0..3 {
+        assert_eq!(
+            store
+                .begin_login_attempt(&[other, address], now)
+                .await
+                .unwrap(),
+            LoginAdmission::Admitted
+        );
+        store
+            .end_login_attempt(
+                &[(other, LoginEnd::Released), (address, LoginEnd::Failed)],
+                now,
+            )
+            .await
+            .unwrap();
+    }
+    assert!(matches!(
+        store
+            .begin_login_attempt(&[other, address], now)
+            .await
+            .unwrap(),
+        LoginAdmission::Blocked { .. }
+    ));
+    // Failures older than forget_after no longer count.
+    let much_later = now + 3_600_000;
+    for _ in 0..3 {
+        assert_eq!(begin(much_later).await, LoginAdmission::Admitted);
+    }
+}
+
 /// Runs every check of the contract against a backend: `$make` is an
 /// async expression giving a fresh, empty `Arc<dyn Store>` (and whatever
 /// must live as long, e.g. a temporary folder, as the second element).
@@ -454,6 +584,12 @@ macro_rules! store_contract_tests {
             async fn signing_keys() {
                 let (store, _keep) = $make.await;
                 $crate::store::contract::signing_keys(store).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn login_budgets() {
+                let (store, _keep) = $make.await;
+                $crate::store::contract::login_budgets(store).await;
             }
         }
     };

@@ -234,14 +234,80 @@ pub fn room_for_a_session(
     RoomForASession { end, delete }
 }
 
-/// The account failure budget of [`Store::record_login_failure`], in
-/// milliseconds.
+/// A failure budget shared by instances (an account's or a client
+/// address's, named by a keyed hash), in milliseconds.
 #[derive(Debug, Clone, Copy)]
 pub struct LoginBudget {
+    /// Failed checks before back-off starts.
     pub free: u32,
+    /// The first block, doubled by every further failure...
     pub base_delay: Millis,
+    /// ...up to this.
     pub max_delay: Millis,
+    /// Failures older than this no longer count.
     pub forget_after: Millis,
+}
+
+impl LoginBudget {
+    /// The block that the `failures`-th failure (counted within
+    /// `forget_after`) starts at `now`, if any: the failure that spends the
+    /// budget starts a block of `base_delay`, each further one doubles it.
+    pub fn block_after(&self, failures: u32, now: Millis) -> Option<Millis> {
+        let over = failures.saturating_sub(self.free.saturating_sub(1));
+        (over > 0).then(|| {
+            let delay = self
+                .base_delay
+                .saturating_mul(1u64 << (over - 1).min(30))
+                .min(self.max_delay);
+            now.saturating_add(delay)
+        })
+    }
+}
+
+/// One budget that a login attempt draws on.
+#[derive(Debug, Clone, Copy)]
+pub struct LoginClaim {
+    /// A keyed hash naming the account or address; the same on every
+    /// instance.
+    pub name: [u8; 16],
+    pub budget: LoginBudget,
+}
+
+/// How long a running attempt holds its place in a shared budget: an
+/// instance that dies mid-check frees it after this.
+pub const LOGIN_ATTEMPT_LEASE: Millis = 30_000;
+
+/// The answer of [`Store::begin_login_attempt`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginAdmission {
+    /// Counted as running on every claim; end it with
+    /// [`Store::end_login_attempt`].
+    Admitted,
+    /// A claim is blocked until then.
+    Blocked { until: Millis },
+    /// Running attempts (on any instance) could spend what is left of a
+    /// budget: try again when one has ended.
+    Busy,
+}
+
+/// How an admitted attempt ended, for one of its claims.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginEnd {
+    /// The password check failed: one more failure.
+    Failed,
+    /// It ended without a failure (a success on an address, or no check
+    /// at all): only its running place is given back.
+    Released,
+    /// The password was right (its account): failures forgotten.
+    Cleared,
+}
+
+/// Whether an attempt may start on a budget with `failures` counted
+/// failures and `running` attempts still running: while the running ones
+/// could not spend the budget even if all fail, or, once it is spent, one
+/// at a time (and not while blocked, which the caller checks first).
+pub fn login_attempt_may_start(failures: u32, running: u32, free: u32) -> bool {
+    failures.saturating_add(running) < free || running == 0
 }
 
 /// A batch written by [`Store::restore`], ids and all (`latchkey store copy`).
@@ -421,31 +487,25 @@ pub trait Store: Send + Sync + 'static {
     fn is_shared(&self) -> bool {
         false
     }
-    /// Records a failed password check of `account` (a keyed hash of its
-    /// email) at `now`: past `free` failures (older than `forget_after`
-    /// ms no longer count) the account is blocked: the failure that spends
-    /// the budget starts a block of `base_delay` ms, doubling with each
-    /// further failure up to `max_delay` ms. Answers
-    /// until when it is blocked, if it is.
-    async fn record_login_failure(
+    /// Starts a login attempt on every claim at `now`, in one transaction:
+    /// refused if one is blocked or busy (see [`login_attempt_may_start`]),
+    /// else counted as running on all of them for at most
+    /// [`LOGIN_ATTEMPT_LEASE`]. Only a shared store keeps budgets.
+    async fn begin_login_attempt(
         &self,
-        _account: [u8; 16],
+        _claims: &[LoginClaim],
         _now: Millis,
-        _budget: LoginBudget,
-    ) -> StoreResult<Option<Millis>> {
-        Ok(None)
+    ) -> StoreResult<LoginAdmission> {
+        Ok(LoginAdmission::Admitted)
     }
-    /// Until when `account` is blocked at `now`, if it is.
-    async fn login_blocked_until(
+    /// Ends an admitted attempt: each claim with how it ended. Answers, per
+    /// claim, the block this failure started, if it started one.
+    async fn end_login_attempt(
         &self,
-        _account: [u8; 16],
+        ends: &[(LoginClaim, LoginEnd)],
         _now: Millis,
-    ) -> StoreResult<Option<Millis>> {
-        Ok(None)
-    }
-    /// A successful login: the account's failures are forgotten.
-    async fn clear_login_failures(&self, _account: [u8; 16]) -> StoreResult<()> {
-        Ok(())
+    ) -> StoreResult<Vec<Option<Millis>>> {
+        Ok(vec![None; ends.len()])
     }
     /// Whether the store holds no user and no session (a copy's target).
     async fn is_empty(&self) -> StoreResult<bool>;

@@ -347,3 +347,84 @@ async fn guesses_spread_over_two_instances_share_one_account_budget() {
         answer.assert_error(429, "rate_limited");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guesses_from_one_address_spread_over_two_instances_share_one_address_budget() {
+    let Some(database) = fresh_database().await else {
+        return;
+    };
+    let (servers, _dirs) = two_instances(
+        &database,
+        &[
+            "--throttle-address-failures",
+            "6",
+            "--throttle-base-delay",
+            "30s",
+        ],
+    );
+    let mut statuses = Vec::new();
+    // A new email every time: only the address budget can stop them.
+    for n in 0..10 {
+        let answer = servers[n % 2]
+            .client
+            .post_json(
+                "/auth/login",
+                &serde_json::json!({ "email": format!("guess{n}@example.com"), "password": "wrong guess" }),
+            )
+            .await;
+        statuses.push(answer.status.as_u16());
+    }
+    assert_eq!(statuses[..6], [401; 6], "{statuses:?}");
+    assert!(statuses[6..].iter().all(|s| *s == 429), "{statuses:?}");
+    // The address is blocked on both instances, whatever the account.
+    for server in &servers {
+        let answer = server
+            .client
+            .post_json(
+                "/auth/login",
+                &serde_json::json!({ "email": "mo@example.com", "password": PASSWORD }),
+            )
+            .await;
+        answer.assert_error(429, "rate_limited");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_parallel_guesses_on_two_instances_gets_one_budget_of_checks() {
+    let Some(database) = fresh_database().await else {
+        return;
+    };
+    let (servers, _dirs) = two_instances(&database, &["--throttle-base-delay", "30s"]);
+    // An account whose hash has the default (slow) costs, so that the
+    // checks overlap: the imported password is hashed with them.
+    let imported = run_cli(
+        &["--database", &database, "user", "import", "-"],
+        r#"{"email":"slow@example.com","name":"Slow","role_id":1,"password":"correct horse battery"}"#,
+    );
+    assert!(imported.status.success(), "{imported:?}");
+    // 40 guesses at once, 20 on each instance: running attempts count, so
+    // no more than the account's five are checked in all.
+    let guesses = (0..40).map(|n| {
+        let client = servers[n % 2].client.clone();
+        tokio::spawn(async move {
+            client
+                .post_json(
+                    "/auth/login",
+                    &serde_json::json!({ "email": "slow@example.com", "password": format!("wrong guess {n}") }),
+                )
+                .await
+                .status
+                .as_u16()
+        })
+    });
+    let mut statuses = Vec::new();
+    for guess in guesses.collect::<Vec<_>>() {
+        statuses.push(guess.await.unwrap());
+    }
+    let checked = statuses.iter().filter(|s| **s == 401).count();
+    assert!(
+        statuses.iter().all(|s| *s == 401 || *s == 429),
+        "{statuses:?}"
+    );
+    assert_eq!(checked, 5, "{statuses:?}");
+}

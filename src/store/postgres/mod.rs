@@ -28,8 +28,9 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, Row};
 
 use super::{
-    GlobalLogout, Import, NewSession, NewUser, RefreshOutcome, Revocation, RevocationPage,
-    RevokeSessions, Store, StoreError, StoreResult, User, UserChange, UserPage, UserUpdate,
+    login_attempt_may_start, GlobalLogout, Import, LoginAdmission, LoginBudget, LoginClaim,
+    LoginEnd, NewSession, NewUser, RefreshOutcome, Revocation, RevocationPage, RevokeSessions,
+    Store, StoreError, StoreResult, User, UserChange, UserPage, UserUpdate, LOGIN_ATTEMPT_LEASE,
 };
 use crate::clock::Clock;
 use crate::keys::KeySet;
@@ -147,6 +148,49 @@ fn id_from(bytes: &[u8]) -> StoreResult<u128> {
 }
 
 /// Milliseconds and seconds are stored as BIGINT.
+/// A budget's row as it counts at `now`: failures older than the
+/// budget's `forget_after`, and running attempts past their lease, no
+/// longer count.
+#[derive(Debug, Default, Clone, Copy)]
+struct BudgetRow {
+    failures: u32,
+    last_failure: Millis,
+    blocked_until: Millis,
+    running: u32,
+    running_until: Millis,
+}
+
+impl BudgetRow {
+    fn read(row: &Row, budget: LoginBudget, now: Millis) -> BudgetRow {
+        let last_failure = uint(row.get(2));
+        let running_until = uint(row.get(5));
+        let forgotten = last_failure < now.saturating_sub(budget.forget_after);
+        BudgetRow {
+            failures: if forgotten {
+                0
+            } else {
+                u32::try_from(row.get::<_, i32>(1)).unwrap_or(0)
+            },
+            last_failure,
+            blocked_until: uint(row.get(3)),
+            running: if running_until > now {
+                u32::try_from(row.get::<_, i32>(4)).unwrap_or(0)
+            } else {
+                0
+            },
+            running_until,
+        }
+    }
+}
+
+/// Budget names sorted and without repeats: the order rows are locked in.
+fn sorted_names(names: impl Iterator<Item = [u8; 16]>) -> Vec<Vec<u8>> {
+    let mut names: Vec<Vec<u8>> = names.map(|name| name.to_vec()).collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
 fn int(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
@@ -1181,80 +1225,131 @@ impl Store for PgStore {
         true
     }
 
-    async fn record_login_failure(
+    async fn begin_login_attempt(
         &self,
-        account: [u8; 16],
+        claims: &[LoginClaim],
         now: Millis,
-        budget: super::LoginBudget,
-    ) -> StoreResult<Option<Millis>> {
+    ) -> StoreResult<LoginAdmission> {
+        let names = sorted_names(claims.iter().map(|claim| claim.name));
         retrying!({
             let mut client = self.pool.get().await?;
             let txn = client.transaction().await?;
-            // Counted under the row's lock: instances cannot both count one.
-            let failures: i32 = txn
-                .query_one(
-                    "INSERT INTO latchkey_login_failures (account, failures, last_failure) \
-                     VALUES ($1, 1, $2) \
-                     ON CONFLICT (account) DO UPDATE SET \
-                         failures = CASE WHEN latchkey_login_failures.last_failure < $2::BIGINT - $3::BIGINT \
-                             THEN 1 ELSE latchkey_login_failures.failures + 1 END, \
-                         last_failure = $2 \
-                     RETURNING failures",
-                    &[&account.as_slice(), &int(now), &int(budget.forget_after)],
+            // Rows locked in name order: instances cannot both admit one
+            // attempt's place, nor deadlock over two claims.
+            txn.execute(
+                "INSERT INTO latchkey_login_failures (name, failures, last_failure) \
+                 SELECT unnest($1::BYTEA[]), 0, 0 ON CONFLICT (name) DO NOTHING",
+                &[&names],
+            )
+            .await?;
+            let rows = txn
+                .query(
+                    "SELECT name, failures, last_failure, blocked_until, running, running_until \
+                     FROM latchkey_login_failures WHERE name = ANY($1) ORDER BY name FOR UPDATE",
+                    &[&names],
                 )
-                .await?
-                .get(0);
-            // The failure that spends the budget starts the first block (as
-            // the in-process throttle: `free` checks fail, the next waits).
-            let over = u32::try_from(failures)
-                .unwrap_or(0)
-                .saturating_sub(budget.free.saturating_sub(1));
-            let blocked_until = (over > 0).then(|| {
-                let delay = budget
-                    .base_delay
-                    .saturating_mul(1u64 << (over - 1).min(30))
-                    .min(budget.max_delay);
-                now.saturating_add(delay)
-            });
-            if let Some(until) = blocked_until {
+                .await?;
+            let mut counts = Vec::with_capacity(claims.len());
+            for claim in claims {
+                let row = rows
+                    .iter()
+                    .find(|row| row.get::<_, &[u8]>(0) == claim.name.as_slice())
+                    .ok_or_else(|| {
+                        Failure::Fail(StoreError::Corrupt("a login budget row vanished".into()))
+                    })?;
+                let state = BudgetRow::read(row, claim.budget, now);
+                if state.blocked_until > now {
+                    return Ok(LoginAdmission::Blocked {
+                        until: state.blocked_until,
+                    });
+                }
+                if !login_attempt_may_start(state.failures, state.running, claim.budget.free) {
+                    return Ok(LoginAdmission::Busy);
+                }
+                counts.push((claim.name, state));
+            }
+            for (name, state) in counts {
                 txn.execute(
-                    "UPDATE latchkey_login_failures SET blocked_until = $2 WHERE account = $1",
-                    &[&account.as_slice(), &int(until)],
+                    "UPDATE latchkey_login_failures SET failures = $2, running = $3, \
+                     running_until = $4 WHERE name = $1",
+                    &[
+                        &name.as_slice(),
+                        &i32::try_from(state.failures).unwrap_or(i32::MAX),
+                        &i32::try_from(state.running + 1).unwrap_or(i32::MAX),
+                        &int(now.saturating_add(LOGIN_ATTEMPT_LEASE)),
+                    ],
                 )
                 .await?;
             }
             txn.commit().await?;
-            Ok(blocked_until)
+            Ok(LoginAdmission::Admitted)
         })
     }
 
-    async fn login_blocked_until(
+    async fn end_login_attempt(
         &self,
-        account: [u8; 16],
+        ends: &[(LoginClaim, LoginEnd)],
         now: Millis,
-    ) -> StoreResult<Option<Millis>> {
+    ) -> StoreResult<Vec<Option<Millis>>> {
+        let names = sorted_names(ends.iter().map(|(claim, _)| claim.name));
         retrying!({
-            let client = self.pool.get().await?;
-            let row = client
-                .query_opt(
-                    "SELECT blocked_until FROM latchkey_login_failures WHERE account = $1",
-                    &[&account.as_slice()],
+            let mut client = self.pool.get().await?;
+            let txn = client.transaction().await?;
+            let rows = txn
+                .query(
+                    "SELECT name, failures, last_failure, blocked_until, running, running_until \
+                     FROM latchkey_login_failures WHERE name = ANY($1) ORDER BY name FOR UPDATE",
+                    &[&names],
                 )
                 .await?;
-            Ok(row.map(|row| uint(row.get(0))).filter(|until| *until > now))
-        })
-    }
-
-    async fn clear_login_failures(&self, account: [u8; 16]) -> StoreResult<()> {
-        retrying!({
-            let client = self.pool.get().await?;
-            client
-                .execute(
-                    "DELETE FROM latchkey_login_failures WHERE account = $1",
-                    &[&account.as_slice()],
+            let mut blocks = Vec::with_capacity(ends.len());
+            for (claim, end) in ends {
+                // A row swept meanwhile (its lease long over) has nothing
+                // to give back; a failure is still counted.
+                let mut state = match rows
+                    .iter()
+                    .find(|row| row.get::<_, &[u8]>(0) == claim.name.as_slice())
+                {
+                    Some(row) => BudgetRow::read(row, claim.budget, now),
+                    None => BudgetRow::default(),
+                };
+                state.running = state.running.saturating_sub(1);
+                let mut block = None;
+                match end {
+                    LoginEnd::Released => {}
+                    LoginEnd::Cleared => {
+                        state.failures = 0;
+                        state.blocked_until = 0;
+                    }
+                    LoginEnd::Failed => {
+                        state.failures = state.failures.saturating_add(1);
+                        state.last_failure = now;
+                        block = claim.budget.block_after(state.failures, now);
+                        if let Some(until) = block {
+                            state.blocked_until = state.blocked_until.max(until);
+                        }
+                    }
+                }
+                txn.execute(
+                    "INSERT INTO latchkey_login_failures \
+                         (name, failures, last_failure, blocked_until, running, running_until) \
+                     VALUES ($1, $2, $3, $4, $5, $6) \
+                     ON CONFLICT (name) DO UPDATE SET failures = $2, last_failure = $3, \
+                         blocked_until = $4, running = $5, running_until = $6",
+                    &[
+                        &claim.name.as_slice(),
+                        &i32::try_from(state.failures).unwrap_or(i32::MAX),
+                        &int(state.last_failure),
+                        &int(state.blocked_until),
+                        &i32::try_from(state.running).unwrap_or(i32::MAX),
+                        &int(state.running_until),
+                    ],
                 )
                 .await?;
-            Ok(())
+                blocks.push(block);
+            }
+            txn.commit().await?;
+            Ok(blocks)
         })
     }
 
@@ -1278,9 +1373,10 @@ impl Store for PgStore {
             // table stays bounded by the failures of one forgetting window.
             client
                 .execute(
-                    "DELETE FROM latchkey_login_failures WHERE account IN ( \
-                         SELECT account FROM latchkey_login_failures \
+                    "DELETE FROM latchkey_login_failures WHERE name IN ( \
+                         SELECT name FROM latchkey_login_failures \
                          WHERE last_failure < $1::BIGINT - 86400000 AND blocked_until < $1::BIGINT \
+                             AND running_until < $1::BIGINT \
                          LIMIT $2 FOR UPDATE SKIP LOCKED)",
                     &[&int(now), &int(limit as u64)],
                 )
@@ -1440,7 +1536,8 @@ mod tests {
         sessions,
         revocation_log,
         restore,
-        signing_keys
+        signing_keys,
+        login_budgets
     );
 
     /// Instances starting together on an empty database all start.

@@ -84,6 +84,17 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
     CREATE INDEX latchkey_login_failures_by_age ON latchkey_login_failures (last_failure);
     "#,
     ),
+    (
+        3,
+        r#"
+    -- Client addresses get budgets too (the key is any budget's name), and
+    -- attempts still running count, so a burst spread over instances gets
+    -- no more checks than the budget: `running` until `running_until`.
+    ALTER TABLE latchkey_login_failures RENAME COLUMN account TO name;
+    ALTER TABLE latchkey_login_failures ADD COLUMN running INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE latchkey_login_failures ADD COLUMN running_until BIGINT NOT NULL DEFAULT 0;
+    "#,
+    ),
 ];
 
 fn backend(e: tokio_postgres::Error) -> StoreError {

@@ -31,6 +31,8 @@
 //! Keys are kept as 128-bit keyed hashes (a random key per process), so the
 //! tables hold no email addresses and every record has the same small size.
 
+pub mod shared;
+
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
@@ -260,7 +262,7 @@ impl Table {
 }
 
 /// IPv4 addresses (also IPv4-mapped IPv6) in full; IPv6 by network.
-fn address_key(address: IpAddr, ipv6_prefix: u8) -> Key {
+pub(crate) fn address_key(address: IpAddr, ipv6_prefix: u8) -> Key {
     match address {
         IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

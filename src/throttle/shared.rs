@@ -1,0 +1,208 @@
+//! Login failure budgets kept in a store that several instances share.
+//!
+//! With one process the in-process [`Throttle`](super::Throttle) is exact.
+//! With several behind a load balancer, each would count only the guesses
+//! it saw, and an attacker spreading guesses over N instances would get N
+//! budgets. So with a shared store every attempt also draws on the same
+//! budgets there, with the same rules: per account and per client address,
+//! running attempts count (a burst spread over instances gets no more
+//! checks than the budget), blocks double up to the maximum, and a success
+//! clears its account's failures but not its address's.
+//!
+//! Budgets are named by an HMAC of the account's email or the address's
+//! network, keyed by the signing secret that every instance shares; the
+//! store holds no email or address. The in-process throttle still runs in
+//! front (it bounds how many attempts per key one instance sends to the
+//! store) and is never more permissive than this.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lc_rs::hmac;
+
+use super::{address_key, Blocked, ThrottlePolicy};
+use crate::clock::Clock;
+use crate::session::Millis;
+use crate::store::{LoginAdmission, LoginBudget, LoginClaim, LoginEnd, Store, StoreError};
+
+/// How often a busy budget is asked again while waiting.
+const BUSY_POLL: Duration = Duration::from_millis(100);
+
+/// Why an attempt did not start.
+#[derive(Debug)]
+pub enum Refused {
+    Blocked(Blocked),
+    Store(StoreError),
+}
+
+pub struct SharedBudgets {
+    store: Arc<dyn Store>,
+    names: hmac::Key,
+    policy: ThrottlePolicy,
+    clock: Clock,
+}
+
+/// A running attempt in the shared budgets. End it with
+/// [`SharedAttempt::failed`] or [`SharedAttempt::succeeded`]; dropped
+/// without either (an error, or a client gone mid-check), it gives its
+/// running places back in the background.
+pub struct SharedAttempt {
+    store: Arc<dyn Store>,
+    clock: Clock,
+    account: LoginClaim,
+    address: Option<LoginClaim>,
+    ended: bool,
+}
+
+/// The blocks a failure started (account, address), in milliseconds.
+pub type StartedBlocks = (Option<Duration>, Option<Duration>);
+
+impl SharedBudgets {
+    /// `secret` is the same on every instance, so the names are too.
+    pub fn new(
+        store: Arc<dyn Store>,
+        secret: &crate::secrets::Secret,
+        policy: ThrottlePolicy,
+        clock: Clock,
+    ) -> Self {
+        SharedBudgets {
+            store,
+            names: hmac::Key::new(hmac::HMAC_SHA256, secret.bytes()),
+            policy,
+            clock,
+        }
+    }
+
+    fn name(&self, kind: &[u8], key: &[u8]) -> [u8; 16] {
+        let mut context = hmac::Context::with_key(&self.names);
+        context.update(b"latchkey login budget\0");
+        context.update(kind);
+        context.update(b"\0");
+        context.update(key);
+        let tag = context.sign();
+        let mut name = [0u8; 16];
+        name.copy_from_slice(&tag.as_ref()[..16]);
+        name
+    }
+
+    fn budget(&self, free: u32) -> LoginBudget {
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        LoginBudget {
+            free,
+            base_delay: millis(self.policy.base_delay),
+            max_delay: millis(self.policy.max_delay),
+            forget_after: millis(self.policy.forget_after),
+        }
+    }
+
+    /// Starts an attempt for `email` (normalised) from `address`: at once,
+    /// or after running attempts (on any instance) have ended, waiting at
+    /// most `MAX_WAIT` as the in-process throttle does.
+    pub async fn begin(
+        &self,
+        email: &str,
+        address: Option<IpAddr>,
+    ) -> Result<SharedAttempt, Refused> {
+        let account = LoginClaim {
+            name: self.name(b"account", email.as_bytes()),
+            budget: self.budget(self.policy.account_free_failures),
+        };
+        let address = address.map(|address| LoginClaim {
+            name: self.name(
+                b"address",
+                &address_key(address, self.policy.ipv6_prefix).to_be_bytes(),
+            ),
+            budget: self.budget(self.policy.address_free_failures),
+        });
+        let claims: Vec<LoginClaim> = std::iter::once(account).chain(address).collect();
+        let deadline = tokio::time::Instant::now() + super::MAX_WAIT;
+        loop {
+            let now = self.clock.now_millis();
+            match self
+                .store
+                .begin_login_attempt(&claims, now)
+                .await
+                .map_err(Refused::Store)?
+            {
+                LoginAdmission::Admitted => {
+                    return Ok(SharedAttempt {
+                        store: Arc::clone(&self.store),
+                        clock: self.clock.clone(),
+                        account,
+                        address,
+                        ended: false,
+                    })
+                }
+                LoginAdmission::Blocked { until } => {
+                    return Err(Refused::Blocked(Blocked {
+                        retry_after: Duration::from_millis(until.saturating_sub(now)),
+                    }))
+                }
+                LoginAdmission::Busy => {
+                    if tokio::time::Instant::now() + BUSY_POLL > deadline {
+                        return Err(Refused::Blocked(Blocked {
+                            retry_after: self.policy.base_delay.max(Duration::from_secs(1)),
+                        }));
+                    }
+                    tokio::time::sleep(BUSY_POLL).await;
+                }
+            }
+        }
+    }
+}
+
+impl SharedAttempt {
+    fn ends(&self, account: LoginEnd, address: LoginEnd) -> Vec<(LoginClaim, LoginEnd)> {
+        std::iter::once((self.account, account))
+            .chain(self.address.map(|claim| (claim, address)))
+            .collect()
+    }
+
+    /// The password check failed: counts against both budgets. Returns the
+    /// blocks it started.
+    pub async fn failed(mut self) -> Result<StartedBlocks, StoreError> {
+        self.ended = true;
+        let now = self.clock.now_millis();
+        let ends = self.ends(LoginEnd::Failed, LoginEnd::Failed);
+        let blocks = self.store.end_login_attempt(&ends, now).await?;
+        let started = |i: usize| {
+            blocks
+                .get(i)
+                .copied()
+                .flatten()
+                .map(|until: Millis| Duration::from_millis(until.saturating_sub(now)))
+        };
+        Ok((started(0), started(1)))
+    }
+
+    /// The password was right: the account starts clean again (its address
+    /// does not: one good password buys no guesses elsewhere).
+    pub async fn succeeded(mut self) -> Result<(), StoreError> {
+        self.ended = true;
+        let ends = self.ends(LoginEnd::Cleared, LoginEnd::Released);
+        self.store
+            .end_login_attempt(&ends, self.clock.now_millis())
+            .await
+            .map(drop)
+    }
+}
+
+impl Drop for SharedAttempt {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        let ends = self.ends(LoginEnd::Released, LoginEnd::Released);
+        let store = Arc::clone(&self.store);
+        let now = self.clock.now_millis();
+        // Outside a runtime (shutdown), the lease frees the places.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(e) = store.end_login_attempt(&ends, now).await {
+                    tracing::warn!(error = %e, "could not give back a login attempt's place in the shared budgets; its lease frees it");
+                }
+            });
+        }
+    }
+}
