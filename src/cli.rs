@@ -527,7 +527,7 @@ pub enum StoreCommand {
     /// Copy users, sessions, signing keys and the revocation log from one
     /// store to another, ids and all, so existing tokens keep working. Each
     /// side is a redb file path or a postgres:// URL; the target must be
-    /// empty. Stop the servers of both first.
+    /// empty unless --replace is given. Stop the servers of both first.
     Copy {
         /// Where from: a redb file, or postgres://…
         #[arg(long)]
@@ -535,6 +535,10 @@ pub enum StoreCommand {
         /// Where to: a redb file (created if missing), or postgres://…
         #[arg(long)]
         to: String,
+        /// Delete everything the target holds first (users, sessions, keys,
+        /// the revocation log), instead of refusing a target that is not empty.
+        #[arg(long, visible_alias = "force")]
+        replace: bool,
     },
 }
 

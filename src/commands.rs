@@ -452,14 +452,31 @@ async fn open_store(common: &CommonArgs, location: &str) -> Result<Arc<dyn Store
     Ok(Arc::new(RedbStore::open_at(&at).await?.0))
 }
 
-/// `store copy --from A --to B`: every record, ids and all, in pages.
-pub async fn store_copy(common: &CommonArgs, from: &str, to: &str) -> Result<(), BoxError> {
+/// `store copy --from A --to B [--replace]`: every record, ids and all, in
+/// pages.
+pub async fn store_copy(
+    common: &CommonArgs,
+    from: &str,
+    to: &str,
+    replace: bool,
+) -> Result<(), BoxError> {
     use crate::store::Restore;
     const PAGE: usize = 5_000;
     let source = open_store(common, from).await?;
     let target = open_store(common, to).await?;
-    if !target.is_empty().await? {
-        return Err("the target already holds users or sessions; copy into an empty one".into());
+    // Each store's log has a random identity: the same one twice (two
+    // spellings of one URL) must not be cleared and copied onto itself.
+    if source.revocations(None, 0).await?.epoch == target.revocations(None, 0).await?.epoch {
+        return Err("the source and the target are the same store".into());
+    }
+    if replace {
+        eprintln!("deleting everything the target holds (--replace) …");
+        target.clear().await?;
+    } else if !target.is_empty().await? {
+        return Err(
+            "the target already holds users or sessions; copy into an empty one, or give --replace to delete what it holds first"
+                .into(),
+        );
     }
     let mut users = 0;
     let mut after = None;

@@ -38,8 +38,8 @@ fn main() -> ExitCode {
             }
             Command::Bench(args) => latchkey::bench::run(&args).await,
             Command::Migrate => commands::migrate(&cli.common).await,
-            Command::Store(latchkey::cli::StoreCommand::Copy { from, to }) => {
-                commands::store_copy(&cli.common, &from, &to).await
+            Command::Store(latchkey::cli::StoreCommand::Copy { from, to, replace }) => {
+                commands::store_copy(&cli.common, &from, &to, replace).await
             }
             Command::Completions { shell } => {
                 let mut command = <Cli as clap::CommandFactory>::command();

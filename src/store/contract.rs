@@ -408,6 +408,40 @@ pub async fn restore(store: Arc<dyn Store>) {
         vec![7, 8],
         "the log continues after the restored entries"
     );
+
+    // Cleared (`store copy --replace`): as new, with a log of another identity.
+    store
+        .replace_signing_keys(KeySet {
+            keys: vec![StoredKey {
+                kid: "hs256-abcdefgh".into(),
+                alg: SigningAlg::HS256,
+                private_pkcs8: None,
+                public_jwk: None,
+                created_at: 1,
+                signs_from: 1,
+                signs_until: None,
+                published_until: None,
+            }],
+            untyped_tokens_before: 7,
+            ..store.signing_keys().await.unwrap()
+        })
+        .await
+        .unwrap();
+    store.clear().await.unwrap();
+    assert!(store.is_empty().await.unwrap());
+    assert_eq!(store.user(41).await.unwrap(), None);
+    assert_eq!(store.session(sessions[2].0).await.unwrap(), None);
+    let cleared = store.revocations(None, 10).await.unwrap();
+    assert!(cleared.entries.is_empty());
+    assert_eq!(cleared.last_seq, 0);
+    assert_ne!(cleared.epoch, log.epoch, "old cursors must not pass");
+    assert_eq!(store.signing_keys().await.unwrap(), KeySet::default());
+    let first = store
+        .create_user(new_user("ana@example.com"))
+        .await
+        .unwrap()
+        .expect("the email is free again");
+    assert_eq!(first.id, 1, "ids start again");
 }
 
 /// Shared login failure budgets: a store of one process keeps none (the

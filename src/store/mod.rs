@@ -509,6 +509,11 @@ pub trait Store: Send + Sync + 'static {
     }
     /// Whether the store holds no user and no session (a copy's target).
     async fn is_empty(&self) -> StoreResult<bool>;
+    /// Deletes every user, session, revocation-log entry, signing key and
+    /// login budget, and gives the revocation log a new identity (cursors
+    /// of what was there get 410): the store is as new, for `store copy
+    /// --replace`. One transaction.
+    async fn clear(&self) -> StoreResult<()>;
     /// Up to `limit` sessions with ids above `after`, in id order.
     async fn sessions_page(
         &self,

@@ -262,8 +262,62 @@ async fn moving_from_redb_to_postgresql_and_back_logs_nobody_out() {
     let again = run_cli(&["store", "copy", "--from", &file, "--to", &database], "");
     assert!(!again.status.success(), "a non-empty target is refused");
     assert!(
-        String::from_utf8_lossy(&again.stderr).contains("empty"),
+        String::from_utf8_lossy(&again.stderr).contains("--replace"),
         "{again:?}"
+    );
+    // Told to, it replaces what the target holds: a user made there since
+    // is gone, and the copy is whole again.
+    let made = run_cli(
+        &[
+            "--database",
+            &database,
+            "user",
+            "add",
+            "--email",
+            "gone@example.com",
+            "--name",
+            "Gone",
+            "--role",
+            "1",
+        ],
+        "another long password\n",
+    );
+    assert!(made.status.success(), "{made:?}");
+    let replaced = run_cli(
+        &[
+            "store",
+            "copy",
+            "--from",
+            &file,
+            "--to",
+            &database,
+            "--replace",
+        ],
+        "",
+    );
+    assert!(replaced.status.success(), "{replaced:?}");
+    let listed = run_cli(&["--database", &database, "user", "list"], "");
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.contains("mo@example.com") && !listed.contains("gone@example.com"),
+        "{listed}"
+    );
+    let onto_itself = run_cli(
+        &[
+            "store",
+            "copy",
+            "--from",
+            &database,
+            "--to",
+            &database,
+            "--replace",
+        ],
+        "",
+    );
+    assert!(!onto_itself.status.success(), "{onto_itself:?}");
+    assert!(
+        String::from_utf8_lossy(&onto_itself.stderr).contains("same store"),
+        "{onto_itself:?}"
     );
 
     let (_pg_dir, pg_data) = data_dir();

@@ -1138,6 +1138,25 @@ impl Store for PgStore {
         })
     }
 
+    async fn clear(&self) -> StoreResult<()> {
+        retrying!({
+            let mut client = self.pool.get().await?;
+            let txn = client.transaction().await?;
+            txn.batch_execute(
+                "TRUNCATE latchkey_sessions, latchkey_revocations, latchkey_users, \
+                     latchkey_signing_keys, latchkey_login_failures; \
+                 UPDATE latchkey_counters SET value = CASE name \
+                     WHEN 'revocation_next_seq' THEN 1 \
+                     WHEN 'revocation_epoch' THEN (floor(random() * 9007199254740991))::BIGINT * 2 + 1 \
+                     ELSE 0 END; \
+                 ALTER SEQUENCE latchkey_user_ids RESTART WITH 1;",
+            )
+            .await?;
+            txn.commit().await?;
+            Ok(())
+        })
+    }
+
     async fn sessions_page(
         &self,
         after: Option<SessionId>,

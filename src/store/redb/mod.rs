@@ -939,6 +939,30 @@ impl Store for RedbStore {
         .await
     }
 
+    async fn clear(&self) -> StoreResult<()> {
+        self.write(|txn| {
+            txn.delete_table(USERS).map_err(backend)?;
+            txn.delete_table(USER_EMAILS).map_err(backend)?;
+            txn.delete_table(SESSIONS).map_err(backend)?;
+            txn.delete_table(USER_SESSIONS).map_err(backend)?;
+            txn.delete_table(SESSION_EXPIRY).map_err(backend)?;
+            txn.delete_table(SIGNING_KEYS).map_err(backend)?;
+            txn.delete_table(REVOCATIONS).map_err(backend)?;
+            // Every counter back to its start (absent), then a new epoch.
+            txn.delete_table(META).map_err(backend)?;
+            txn.open_table(USERS).map_err(backend)?;
+            txn.open_table(USER_EMAILS).map_err(backend)?;
+            txn.open_table(SESSIONS).map_err(backend)?;
+            txn.open_table(USER_SESSIONS).map_err(backend)?;
+            txn.open_table(SESSION_EXPIRY).map_err(backend)?;
+            txn.open_table(SIGNING_KEYS).map_err(backend)?;
+            txn.open_table(REVOCATIONS).map_err(backend)?;
+            txn.open_table(META).map_err(backend)?;
+            records::new_revocation_epoch(txn)
+        })
+        .await
+    }
+
     async fn restore(&self, batch: super::Restore) -> StoreResult<()> {
         self.write(move |txn| records::restore(txn, batch)).await
     }
