@@ -17,9 +17,6 @@ use crate::store::redb::{Location, RedbStore};
 use crate::store::space::SpaceGuard;
 use crate::store::Store;
 
-/// Connections each instance keeps to PostgreSQL (with `--database`).
-pub const DATABASE_POOL: usize = 16;
-
 /// Sessions deleted per sweep transaction, so the sweep never holds the writer long.
 const SWEEP_BATCH: usize = 1000;
 
@@ -65,7 +62,7 @@ impl App {
         let metrics = Arc::new(crate::metrics::Metrics::new(config.metrics_bind.is_some()));
         let (store, space): (Arc<dyn Store>, Arc<SpaceGuard>) = match &config.database {
             Some(url) => {
-                let store = PgStore::open(url, DATABASE_POOL).await?;
+                let store = PgStore::open(url, config.database_pool).await?;
                 // The data folder holds only the admin socket: no reserve.
                 let space = Arc::new(SpaceGuard::new(&config.data, 0));
                 (Arc::new(store), space)

@@ -144,9 +144,15 @@ pub enum Scenario {
 
 #[derive(Debug, Args, Clone)]
 pub struct BenchArgs {
-    /// Base URL of the server to load (http only).
-    #[arg(long, env = "LATCHKEY_URL", default_value = "http://127.0.0.1:8080")]
-    pub url: String,
+    /// Base URL of the server to load (http only). Repeatable (or
+    /// comma-separated): connections are spread over the servers in turn.
+    #[arg(
+        long,
+        env = "LATCHKEY_URL",
+        default_value = "http://127.0.0.1:8080",
+        value_delimiter = ','
+    )]
+    pub url: Vec<String>,
 
     #[arg(long, env = "LATCHKEY_SCENARIO", value_enum, default_value_t = Scenario::Refresh)]
     pub scenario: Scenario,
@@ -375,6 +381,12 @@ pub struct ServeArgs {
     #[arg(long, env = "LATCHKEY_THROTTLE_IPV6_PREFIX", default_value_t = 64,
           value_parser = clap::value_parser!(u8).range(0..=128))]
     pub throttle_ipv6_prefix: u8,
+
+    /// Connections this instance keeps to PostgreSQL (with --database). Keep
+    /// the sum over all instances below the server's max_connections.
+    #[arg(long, env = "LATCHKEY_DATABASE_POOL", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub database_pool: u32,
 
     /// Most live sessions per user; a login past it revokes that user's oldest session.
     #[arg(long, env = "LATCHKEY_MAX_SESSIONS_PER_USER", default_value_t = 100,

@@ -227,6 +227,8 @@ pub struct ServeConfig {
     pub min_free_bytes: u64,
     /// The PostgreSQL store's URL; `None`: the redb file at `data`.
     pub database: Option<String>,
+    /// Connections kept to PostgreSQL.
+    pub database_pool: usize,
     /// The secret, the signing algorithm and keys, issuer and audiences.
     pub signing: SigningConfig,
     pub lifetimes: Lifetimes,
@@ -296,6 +298,7 @@ impl ServeConfig {
             cache_bytes: store_location(common).cache_bytes,
             min_free_bytes: store_location(common).min_free_bytes,
             database: database_url(common)?,
+            database_pool: args.database_pool as usize,
             signing,
             lifetimes,
             type_roles: TypeRoles::parse(&args.type_role)?,

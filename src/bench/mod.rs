@@ -152,7 +152,9 @@ impl Connection {
 }
 
 struct Plan {
-    authority: String,
+    /// Connection `i` goes to `authorities[i % len]` (several instances
+    /// loaded by one generator).
+    authorities: Vec<String>,
     scenario: Scenario,
     duration: Duration,
     users: u64,
@@ -163,6 +165,10 @@ struct Plan {
 }
 
 impl Plan {
+    fn authority(&self, index: u64) -> &str {
+        &self.authorities[(index % self.authorities.len() as u64) as usize]
+    }
+
     fn email(&self, n: u64) -> String {
         self.email_format
             .replace("{}", &(n % self.users.max(1) + 1).to_string())
@@ -214,7 +220,7 @@ async fn set_up(
     connections: u64,
     first_refresh: Option<String>,
 ) -> Result<Ready, BoxError> {
-    let mut conn = Connection::open(&plan.authority).await?;
+    let mut conn = Connection::open(plan.authority(index)).await?;
     let (mut refresh, mut access) = (first_refresh, None::<String>);
     if plan.scenario != Scenario::Login && refresh.is_none() {
         let body = setup_login(&mut conn, plan, index).await?;
@@ -323,7 +329,7 @@ async fn run_connection(
             Ok(answer) => answer,
             Err(_) => {
                 tally.transport_errors += 1;
-                conn = Connection::open(&plan.authority).await?;
+                conn = Connection::open(plan.authority(index)).await?;
                 continue;
             }
         };
@@ -408,7 +414,11 @@ pub async fn run(args: &BenchArgs) -> Result<(), BoxError> {
         .into());
     }
     let plan = Arc::new(Plan {
-        authority: authority_of(&args.url)?,
+        authorities: args
+            .url
+            .iter()
+            .map(|url| authority_of(url))
+            .collect::<Result<_, _>>()?,
         scenario: args.scenario,
         duration,
         users: args.users.max(1),

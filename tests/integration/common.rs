@@ -45,6 +45,7 @@ pub fn test_config(data: &Path) -> ServeConfig {
         cache_bytes: 8 << 20,
         min_free_bytes: 0,
         database: None,
+        database_pool: 16,
         signing: latchkey::keys::SigningConfig::hs256(
             Secret::new(SECRET.as_bytes().to_vec()).unwrap(),
         ),
