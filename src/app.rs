@@ -62,7 +62,12 @@ impl App {
         let metrics = Arc::new(crate::metrics::Metrics::new(config.metrics_bind.is_some()));
         let (store, space): (Arc<dyn Store>, Arc<SpaceGuard>) = match &config.database {
             Some(url) => {
-                let store = PgStore::open(url, config.database_pool).await?;
+                let store = PgStore::open(
+                    url,
+                    config.database_pool,
+                    config.database_ca_file.as_deref(),
+                )
+                .await?;
                 // The data folder holds only the admin socket: no reserve.
                 let space = Arc::new(SpaceGuard::new(&config.data, 0));
                 (Arc::new(store), space)

@@ -77,6 +77,13 @@ pub struct CommonArgs {
     #[arg(long, global = true, env = "LATCHKEY_DATABASE", hide_env_values = true)]
     pub database: Option<String>,
 
+    /// PEM certificates to trust for TLS to PostgreSQL (a private CA, or
+    /// your provider's bundle), besides the system's. Turns TLS on, as
+    /// `sslmode=require` in the URL does; the server's certificate and
+    /// host name are always verified.
+    #[arg(long, global = true, env = "LATCHKEY_DATABASE_CA_FILE")]
+    pub database_ca_file: Option<PathBuf>,
+
     /// Log lines as text (the default) or as one JSON object each.
     #[arg(long, global = true, env = "LATCHKEY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -68,7 +68,9 @@ impl Target {
             return Ok(Target::Socket(socket));
         }
         let store: Arc<dyn Store> = match config::database_url(common)? {
-            Some(url) => Arc::new(PgStore::open(&url, 2).await?),
+            Some(url) => {
+                Arc::new(PgStore::open(&url, 2, common.database_ca_file.as_deref()).await?)
+            }
             None => Arc::new(RedbStore::open_at(&config::store_location(common)).await?.0),
         };
         let passwords = Passwords::new(Argon2Costs::from_args(common)?, 1, 1)?;
@@ -444,7 +446,9 @@ pub async fn keys_command(common: &CommonArgs, command: KeysCommand) -> Result<(
 /// A store named on the command line: a postgres:// URL or a redb file.
 async fn open_store(common: &CommonArgs, location: &str) -> Result<Arc<dyn Store>, BoxError> {
     if location.starts_with("postgres://") || location.starts_with("postgresql://") {
-        return Ok(Arc::new(PgStore::open(location, 4).await?));
+        return Ok(Arc::new(
+            PgStore::open(location, 4, common.database_ca_file.as_deref()).await?,
+        ));
     }
     let mut at = config::store_location(common);
     at.path = std::path::PathBuf::from(location);
@@ -532,7 +536,7 @@ pub async fn store_copy(
 /// `migrate`: the PostgreSQL schema brought up to date.
 pub async fn migrate(common: &CommonArgs) -> Result<(), BoxError> {
     let url = config::database_url(common)?.ok_or("migrate needs --database postgres://…")?;
-    let version = PgStore::migrate(&url).await?;
+    let version = PgStore::migrate(&url, common.database_ca_file.as_deref()).await?;
     println!("the schema is at version {version}");
     Ok(())
 }

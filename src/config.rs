@@ -229,6 +229,8 @@ pub struct ServeConfig {
     pub database: Option<String>,
     /// Connections kept to PostgreSQL.
     pub database_pool: usize,
+    /// Certificates trusted for TLS to PostgreSQL, besides the system's.
+    pub database_ca_file: Option<PathBuf>,
     /// The secret, the signing algorithm and keys, issuer and audiences.
     pub signing: SigningConfig,
     pub lifetimes: Lifetimes,
@@ -299,6 +301,7 @@ impl ServeConfig {
             min_free_bytes: store_location(common).min_free_bytes,
             database: database_url(common)?,
             database_pool: args.database_pool as usize,
+            database_ca_file: common.database_ca_file.clone(),
             signing,
             lifetimes,
             type_roles: TypeRoles::parse(&args.type_role)?,

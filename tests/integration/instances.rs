@@ -482,3 +482,97 @@ async fn a_burst_of_parallel_guesses_on_two_instances_gets_one_budget_of_checks(
     );
     assert_eq!(checked, 5, "{statuses:?}");
 }
+
+/// The server's certificate and one DNS name it is valid for, when the
+/// test database speaks TLS (Debian's clusters do, with a snakeoil
+/// certificate).
+fn database_certificate(url: &str) -> Option<(String, String)> {
+    let show = |setting: &str| {
+        let out = std::process::Command::new("psql")
+            .arg(url)
+            .args(["-tAc", &format!("SHOW {setting}")])
+            .output()
+            .ok()?;
+        Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    if show("ssl")? != "on" {
+        return None;
+    }
+    let file = show("ssl_cert_file")?;
+    let out = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-ext", "subjectAltName", "-in", &file])
+        .output()
+        .ok()?;
+    let names = String::from_utf8_lossy(&out.stdout).to_string();
+    let name = names
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .find_map(|part| part.strip_prefix("DNS:"))?
+        .to_string();
+    Some((file, name))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_the_database_verifies_the_server_certificate() {
+    let Some(database) = fresh_database().await else {
+        return;
+    };
+    let Some((certificate, name)) = database_certificate(&database) else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED: the test database does not speak TLS with a certificate openssl can read"
+        );
+        return;
+    };
+    // The URL's host is 127.0.0.1, not a name the certificate is valid for:
+    // refused, even though the server offers TLS.
+    let wrong_name = format!("{database}&sslmode=require");
+    let refused = run_cli(
+        &[
+            "migrate",
+            "--database",
+            &wrong_name,
+            "--database-ca-file",
+            &certificate,
+        ],
+        "",
+    );
+    assert!(!refused.status.success(), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("certificate"),
+        "{refused:?}"
+    );
+    // By its name (connecting to 127.0.0.1), trusting its certificate: a
+    // server that logs in over TLS.
+    let by_name = database.replacen("@127.0.0.1:", &format!("@{name}:"), 1)
+        + "&hostaddr=127.0.0.1&application_name=latchkey_tls_test";
+    let (dir, data) = data_dir();
+    let server = ServerProcess::start(
+        &data,
+        &[
+            "--database",
+            &by_name,
+            "--database-ca-file",
+            &certificate,
+            "--secret",
+            SECRET,
+            "--seed-user",
+            SEED,
+            "--no-admin-socket",
+        ],
+    );
+    login(&server.client, "mo@example.com", None).await;
+    let encrypted = std::process::Command::new("psql")
+        .arg(&database)
+        .args([
+            "-tAc",
+            "SELECT count(*) FILTER (WHERE ssl), count(*) FROM pg_stat_ssl \
+             JOIN pg_stat_activity USING (pid) WHERE application_name = 'latchkey_tls_test'",
+        ])
+        .output()
+        .unwrap();
+    let counts = String::from_utf8_lossy(&encrypted.stdout).trim().to_string();
+    let (tls, all) = counts.split_once('|').expect("two counts");
+    assert!(all != "0" && tls == all, "connections with TLS | all: {counts}");
+    drop(server);
+    drop(dir);
+}

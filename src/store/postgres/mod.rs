@@ -18,6 +18,7 @@
 //! knows which store it has.
 
 pub mod schema;
+mod tls;
 
 use std::path::Path;
 use std::time::Duration;
@@ -96,6 +97,16 @@ async fn database_now(txn: &Txn<'_>) -> Attempt<Millis> {
         .await?
         .get(0);
     Ok(uint(now))
+}
+
+/// A first connection that failed, with the cause (TLS, authentication,
+/// an unreachable host) spelt out.
+fn cannot_connect(e: deadpool_postgres::PoolError) -> StoreError {
+    let cause = match &e {
+        deadpool_postgres::PoolError::Backend(pg) => describe(pg),
+        other => other.to_string(),
+    };
+    StoreError::Backend(format!("cannot connect to PostgreSQL: {cause}"))
 }
 
 impl From<deadpool_postgres::PoolError> for Failure {
@@ -467,6 +478,47 @@ pub struct PgStore {
     watcher: tokio::task::JoinHandle<()>,
 }
 
+/// A pool of at most `max_connections` connections to `url`.
+///
+/// TLS: with `sslmode=require` in the URL (`verify-full` and `verify-ca`
+/// mean the same here), or with `ca_file`, connections use TLS and the
+/// server's certificate and host name are verified (as libpq's
+/// `verify-full`) against the system's roots and the PEM certificates in
+/// `ca_file`; a server that cannot be verified is refused. Otherwise
+/// (no `sslmode`, `prefer`, `disable`) connections are plain TCP.
+fn connection_pool(url: &str, max_connections: usize, ca_file: Option<&Path>) -> StoreResult<Pool> {
+    let url = url
+        .replace("sslmode=verify-full", "sslmode=require")
+        .replace("sslmode=verify-ca", "sslmode=require");
+    let mut config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| StoreError::Backend(format!("--database is not a PostgreSQL URL: {e}")))?;
+    let options = match config.get_options() {
+        Some(given) => format!("{given} {SESSION_LIMITS}"),
+        None => SESSION_LIMITS.to_string(),
+    };
+    config.options(&options);
+    config.connect_timeout(CONNECT_WAIT);
+    let use_tls =
+        ca_file.is_some() || config.get_ssl_mode() == tokio_postgres::config::SslMode::Require;
+    let recycling = ManagerConfig {
+        recycling_method: RecyclingMethod::Fast,
+    };
+    let manager = if use_tls {
+        config.ssl_mode(tokio_postgres::config::SslMode::Require);
+        Manager::from_config(config, tls::connector(ca_file)?, recycling)
+    } else {
+        Manager::from_config(config, NoTls, recycling)
+    };
+    Pool::builder(manager)
+        .max_size(max_connections.max(1))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout(Some(CONNECT_WAIT))
+        .create_timeout(Some(CONNECT_WAIT))
+        .build()
+        .map_err(|e| StoreError::Backend(format!("PostgreSQL pool: {e}")))
+}
+
 impl Drop for PgStore {
     fn drop(&mut self) {
         self.watcher.abort();
@@ -475,35 +527,15 @@ impl Drop for PgStore {
 
 impl PgStore {
     /// Connects to `url` (`postgres://user:password@host/db`), runs the
-    /// migrations, and starts watching the revocation log.
-    pub async fn open(url: &str, max_connections: usize) -> StoreResult<Self> {
-        let mut config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| StoreError::Backend(format!("--database is not a PostgreSQL URL: {e}")))?;
-        let options = match config.get_options() {
-            Some(given) => format!("{given} {SESSION_LIMITS}"),
-            None => SESSION_LIMITS.to_string(),
-        };
-        config.options(&options);
-        config.connect_timeout(CONNECT_WAIT);
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(max_connections.max(1))
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .wait_timeout(Some(CONNECT_WAIT))
-            .create_timeout(Some(CONNECT_WAIT))
-            .build()
-            .map_err(|e| StoreError::Backend(format!("PostgreSQL pool: {e}")))?;
-        let mut client = pool
-            .get()
-            .await
-            .map_err(|e| StoreError::Backend(format!("cannot connect to PostgreSQL: {e}")))?;
+    /// migrations, and starts watching the revocation log. `ca_file`: see
+    /// [`connection_pool`].
+    pub async fn open(
+        url: &str,
+        max_connections: usize,
+        ca_file: Option<&Path>,
+    ) -> StoreResult<Self> {
+        let pool = connection_pool(url, max_connections, ca_file)?;
+        let mut client = pool.get().await.map_err(cannot_connect)?;
         schema::migrate(&mut client).await?;
         drop(client);
         let revocations = tokio::sync::watch::Sender::new(0u64);
@@ -518,19 +550,10 @@ impl PgStore {
     }
 
     /// Connects to `url` and runs the migrations alone; returns the version.
-    pub async fn migrate(url: &str) -> StoreResult<i32> {
-        let config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| StoreError::Backend(format!("--database is not a PostgreSQL URL: {e}")))?;
-        let (mut client, connection) = config
-            .connect(NoTls)
-            .await
-            .map_err(|e| StoreError::Backend(format!("cannot connect to PostgreSQL: {e}")))?;
-        let connection = tokio::spawn(connection);
-        let version = schema::migrate(&mut client).await;
-        drop(client);
-        let _ = connection.await;
-        version
+    pub async fn migrate(url: &str, ca_file: Option<&Path>) -> StoreResult<i32> {
+        let pool = connection_pool(url, 1, ca_file)?;
+        let mut client = pool.get().await.map_err(cannot_connect)?;
+        schema::migrate(&mut client).await
     }
 
     /// Wakes this instance's feed readers after a commit that logged.
@@ -1527,7 +1550,7 @@ mod tests {
             .unwrap();
         let separator = if url.contains('?') { '&' } else { '?' };
         let scoped = format!("{url}{separator}options=-csearch_path%3D{schema}");
-        let store = PgStore::open(&scoped, 4).await.unwrap();
+        let store = PgStore::open(&scoped, 4, None).await.unwrap();
         Some((Arc::new(store) as Arc<dyn Store>, ()))
     }
 
@@ -1577,9 +1600,9 @@ mod tests {
                 .unwrap();
             let scoped = format!("{url}?options=-csearch_path%3D{schema}");
             let (a, b, c) = tokio::join!(
-                PgStore::open(&scoped, 2),
-                PgStore::open(&scoped, 2),
-                PgStore::open(&scoped, 2)
+                PgStore::open(&scoped, 2, None),
+                PgStore::open(&scoped, 2, None),
+                PgStore::open(&scoped, 2, None)
             );
             for opened in [a, b, c] {
                 if let Err(e) = opened {
@@ -1609,14 +1632,14 @@ mod tests {
             .await
             .unwrap();
         let scoped = format!("{url}?options=-csearch_path%3D{schema}");
-        drop(PgStore::open(&scoped, 2).await.unwrap());
+        drop(PgStore::open(&scoped, 2, None).await.unwrap());
         client
             .batch_execute(&format!(
                 "INSERT INTO {schema}.latchkey_migrations (version) VALUES (999)"
             ))
             .await
             .unwrap();
-        let Err(refused) = PgStore::open(&scoped, 2).await else {
+        let Err(refused) = PgStore::open(&scoped, 2, None).await else {
             panic!("a newer schema was accepted");
         };
         assert!(refused.to_string().contains("newer"), "{refused}");
