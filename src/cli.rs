@@ -549,10 +549,10 @@ pub enum StoreCommand {
     /// empty unless --replace is given. Stop the servers of both first.
     Copy {
         /// Where from: a redb file, or postgres://…
-        #[arg(long)]
+        #[arg(long, env = "LATCHKEY_COPY_FROM", hide_env_values = true)]
         from: String,
         /// Where to: a redb file (created if missing), or postgres://…
-        #[arg(long)]
+        #[arg(long, env = "LATCHKEY_COPY_TO", hide_env_values = true)]
         to: String,
         /// Delete everything the target holds first (users, sessions, keys,
         /// the revocation log), instead of refusing a target that is not empty.

@@ -466,6 +466,12 @@ pub async fn store_copy(
 ) -> Result<(), BoxError> {
     use crate::store::Restore;
     const PAGE: usize = 5_000;
+    let is_url = |s: &str| s.starts_with("postgres://") || s.starts_with("postgresql://");
+    // Opening a file creates it: a mistyped source must not pass for an
+    // empty store (with --replace, it would empty the target).
+    if !is_url(from) && !std::path::Path::new(from).exists() {
+        return Err(format!("the source {from} does not exist").into());
+    }
     let source = open_store(common, from).await?;
     let target = open_store(common, to).await?;
     // Each store's log has a random identity: the same one twice (two
@@ -474,6 +480,12 @@ pub async fn store_copy(
         return Err("the source and the target are the same store".into());
     }
     if replace {
+        if source.is_empty().await? {
+            return Err(
+                "the source holds no user and no session: refusing to replace the target with nothing"
+                    .into(),
+            );
+        }
         eprintln!("deleting everything the target holds (--replace) …");
         target.clear().await?;
     } else if !target.is_empty().await? {
@@ -481,6 +493,20 @@ pub async fn store_copy(
             "the target already holds users or sessions; copy into an empty one, or give --replace to delete what it holds first"
                 .into(),
         );
+    }
+    // Keys first: a target left half-copied by a failure still verifies
+    // the tokens it holds (copy again with --replace to finish).
+    let keys = source.signing_keys().await?;
+    let target_keys = target.signing_keys().await?;
+    let copied_keys = keys.keys.len();
+    if !target
+        .replace_signing_keys(crate::keys::KeySet {
+            generation: target_keys.generation,
+            ..keys
+        })
+        .await?
+    {
+        return Err("the target's signing keys changed during the copy".into());
     }
     let mut users = 0;
     let mut after = None;
@@ -514,18 +540,6 @@ pub async fn store_copy(
         after = Some(last.seq);
         revocations += page.entries.len();
         target.restore(Restore::Revocations(page.entries)).await?;
-    }
-    let keys = source.signing_keys().await?;
-    let target_keys = target.signing_keys().await?;
-    let copied_keys = keys.keys.len();
-    if !target
-        .replace_signing_keys(crate::keys::KeySet {
-            generation: target_keys.generation,
-            ..keys
-        })
-        .await?
-    {
-        return Err("the target's signing keys changed during the copy".into());
     }
     println!(
         "copied {users} users, {sessions} sessions, {revocations} revocations and {copied_keys} signing keys"

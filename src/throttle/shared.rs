@@ -162,10 +162,12 @@ impl SharedAttempt {
     /// The password check failed: counts against both budgets. Returns the
     /// blocks it started.
     pub async fn failed(mut self) -> Result<StartedBlocks, StoreError> {
-        self.ended = true;
         let now = self.clock.now_millis();
         let ends = self.ends(LoginEnd::Failed, LoginEnd::Failed);
+        // Ended once the store has it: a failed or cancelled call leaves
+        // the drop to give the places back.
         let blocks = self.store.end_login_attempt(&ends, now).await?;
+        self.ended = true;
         let started = |i: usize| {
             blocks
                 .get(i)
@@ -179,12 +181,12 @@ impl SharedAttempt {
     /// The password was right: the account starts clean again (its address
     /// does not: one good password buys no guesses elsewhere).
     pub async fn succeeded(mut self) -> Result<(), StoreError> {
-        self.ended = true;
         let ends = self.ends(LoginEnd::Cleared, LoginEnd::Released);
         self.store
             .end_login_attempt(&ends, self.clock.now_millis())
-            .await
-            .map(drop)
+            .await?;
+        self.ended = true;
+        Ok(())
     }
 }
 

@@ -302,6 +302,25 @@ async fn moving_from_redb_to_postgresql_and_back_logs_nobody_out() {
         listed.contains("mo@example.com") && !listed.contains("gone@example.com"),
         "{listed}"
     );
+    // A mistyped source is refused, and created nowhere; the target keeps
+    // what it holds.
+    let typo = data.join("typo.redb").display().to_string();
+    let mistyped = run_cli(
+        &[
+            "store",
+            "copy",
+            "--from",
+            &typo,
+            "--to",
+            &database,
+            "--replace",
+        ],
+        "",
+    );
+    assert!(!mistyped.status.success(), "{mistyped:?}");
+    assert!(!std::path::Path::new(&typo).exists());
+    let listed = run_cli(&["--database", &database, "user", "list"], "");
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("mo@example.com"));
     let onto_itself = run_cli(
         &[
             "store",
@@ -570,9 +589,14 @@ async fn tls_to_the_database_verifies_the_server_certificate() {
         ])
         .output()
         .unwrap();
-    let counts = String::from_utf8_lossy(&encrypted.stdout).trim().to_string();
+    let counts = String::from_utf8_lossy(&encrypted.stdout)
+        .trim()
+        .to_string();
     let (tls, all) = counts.split_once('|').expect("two counts");
-    assert!(all != "0" && tls == all, "connections with TLS | all: {counts}");
+    assert!(
+        all != "0" && tls == all,
+        "connections with TLS | all: {counts}"
+    );
     drop(server);
     drop(dir);
 }

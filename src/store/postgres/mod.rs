@@ -159,6 +159,9 @@ fn id_from(bytes: &[u8]) -> StoreResult<u128> {
 }
 
 /// Milliseconds and seconds are stored as BIGINT.
+/// Most batches of forgotten login-budget rows one sweep deletes.
+const LOGIN_SWEEP_BATCHES: usize = 100;
+
 /// A budget's row as it counts at `now`: failures older than the
 /// budget's `forget_after`, and running attempts past their lease, no
 /// longer count.
@@ -1279,15 +1282,15 @@ impl Store for PgStore {
             // Rows locked in name order: instances cannot both admit one
             // attempt's place, nor deadlock over two claims.
             txn.execute(
-                "INSERT INTO latchkey_login_failures (name, failures, last_failure) \
-                 SELECT unnest($1::BYTEA[]), 0, 0 ON CONFLICT (name) DO NOTHING",
+                "INSERT INTO latchkey_login_failures (account, failures, last_failure) \
+                 SELECT unnest($1::BYTEA[]), 0, 0 ON CONFLICT (account) DO NOTHING",
                 &[&names],
             )
             .await?;
             let rows = txn
                 .query(
-                    "SELECT name, failures, last_failure, blocked_until, running, running_until \
-                     FROM latchkey_login_failures WHERE name = ANY($1) ORDER BY name FOR UPDATE",
+                    "SELECT account, failures, last_failure, blocked_until, running, running_until \
+                     FROM latchkey_login_failures WHERE account = ANY($1) ORDER BY account FOR UPDATE",
                     &[&names],
                 )
                 .await?;
@@ -1313,7 +1316,7 @@ impl Store for PgStore {
             for (name, state) in counts {
                 txn.execute(
                     "UPDATE latchkey_login_failures SET failures = $2, running = $3, \
-                     running_until = $4 WHERE name = $1",
+                     running_until = $4 WHERE account = $1",
                     &[
                         &name.as_slice(),
                         &i32::try_from(state.failures).unwrap_or(i32::MAX),
@@ -1339,8 +1342,8 @@ impl Store for PgStore {
             let txn = client.transaction().await?;
             let rows = txn
                 .query(
-                    "SELECT name, failures, last_failure, blocked_until, running, running_until \
-                     FROM latchkey_login_failures WHERE name = ANY($1) ORDER BY name FOR UPDATE",
+                    "SELECT account, failures, last_failure, blocked_until, running, running_until \
+                     FROM latchkey_login_failures WHERE account = ANY($1) ORDER BY account FOR UPDATE",
                     &[&names],
                 )
                 .await?;
@@ -1374,9 +1377,9 @@ impl Store for PgStore {
                 }
                 txn.execute(
                     "INSERT INTO latchkey_login_failures \
-                         (name, failures, last_failure, blocked_until, running, running_until) \
+                         (account, failures, last_failure, blocked_until, running, running_until) \
                      VALUES ($1, $2, $3, $4, $5, $6) \
-                     ON CONFLICT (name) DO UPDATE SET failures = $2, last_failure = $3, \
+                     ON CONFLICT (account) DO UPDATE SET failures = $2, last_failure = $3, \
                          blocked_until = $4, running = $5, running_until = $6",
                     &[
                         &claim.name.as_slice(),
@@ -1411,18 +1414,26 @@ impl Store for PgStore {
                     &[&int(now), &int(limit as u64)],
                 )
                 .await?;
-            // Failure records that count no more and block nothing: the
-            // table stays bounded by the failures of one forgetting window.
-            client
-                .execute(
-                    "DELETE FROM latchkey_login_failures WHERE name IN ( \
-                         SELECT name FROM latchkey_login_failures \
-                         WHERE last_failure < $1::BIGINT - 86400000 AND blocked_until < $1::BIGINT \
-                             AND running_until < $1::BIGINT \
-                         LIMIT $2 FOR UPDATE SKIP LOCKED)",
-                    &[&int(now), &int(limit as u64)],
-                )
-                .await?;
+            // Budget rows that count no more, block nothing and run
+            // nothing (failures are forgotten after an hour: the throttle's
+            // `forget_after`; rows of successes only at once), in bounded
+            // batches of their own until none is left, so the table stays
+            // about the size of one hour of failures.
+            for _ in 0..LOGIN_SWEEP_BATCHES {
+                let forgotten = client
+                    .execute(
+                        "DELETE FROM latchkey_login_failures WHERE account IN ( \
+                             SELECT account FROM latchkey_login_failures \
+                             WHERE last_failure < $1::BIGINT - 3600000 AND blocked_until < $1::BIGINT \
+                                 AND running_until < $1::BIGINT \
+                             LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                        &[&int(now), &int(limit as u64)],
+                    )
+                    .await?;
+                if forgotten < limit as u64 {
+                    break;
+                }
+            }
             Ok(deleted as usize)
         })
     }

@@ -1,8 +1,9 @@
 //! The PostgreSQL schema, as versioned migrations that run at start.
 //!
-//! Each migration runs once, in order, inside one transaction that holds an
-//! exclusive lock on `latchkey_migrations`, so instances starting together
-//! migrate one at a time. A database that has migrations this binary does
+//! Each migration runs once, in order, inside one transaction that holds the
+//! lock of row 0 of `latchkey_migrations`, so instances starting together
+//! migrate one at a time. A migration only adds (tables, columns): older
+//! instances still running during a rolling upgrade keep working. A database that has migrations this binary does
 //! not know (a newer latchkey ran on it) is refused.
 //!
 //! Kept within what PostgreSQL-compatible distributed engines also accept:
@@ -87,10 +88,11 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
     (
         3,
         r#"
-    -- Client addresses get budgets too (the key is any budget's name), and
-    -- attempts still running count, so a burst spread over instances gets
-    -- no more checks than the budget: `running` until `running_until`.
-    ALTER TABLE latchkey_login_failures RENAME COLUMN account TO name;
+    -- Client addresses get budgets too (`account` is any budget's name),
+    -- and attempts still running count, so a burst spread over instances
+    -- gets no more checks than the budget: `running` until `running_until`.
+    -- Columns are only added: instances of the previous version keep
+    -- working on this schema during a rolling upgrade.
     ALTER TABLE latchkey_login_failures ADD COLUMN running INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE latchkey_login_failures ADD COLUMN running_until BIGINT NOT NULL DEFAULT 0;
     "#,
@@ -140,10 +142,22 @@ pub async fn migrate(client: &mut Client) -> StoreResult<i32> {
             other => other.map_err(backend)?,
         }
     }
-    let txn = client.transaction().await.map_err(backend)?;
-    txn.batch_execute("LOCK TABLE latchkey_migrations IN EXCLUSIVE MODE")
+    // One migrator at a time: they queue on the lock of row 0 (not a
+    // version; `LOCK TABLE` modes are not accepted by CockroachDB).
+    client
+        .execute(
+            "INSERT INTO latchkey_migrations (version) VALUES (0) ON CONFLICT (version) DO NOTHING",
+            &[],
+        )
         .await
         .map_err(backend)?;
+    let txn = client.transaction().await.map_err(backend)?;
+    txn.query_one(
+        "SELECT version FROM latchkey_migrations WHERE version = 0 FOR UPDATE",
+        &[],
+    )
+    .await
+    .map_err(backend)?;
     let current: i32 = txn
         .query_one(
             "SELECT COALESCE(MAX(version), 0) FROM latchkey_migrations",
