@@ -482,7 +482,7 @@ pub async fn store_copy(
     if replace {
         if source.is_empty().await? {
             return Err(
-                "the source holds no user and no session: refusing to replace the target with nothing"
+                "the source holds no user, session or revocation: refusing to replace the target with nothing"
                     .into(),
             );
         }
@@ -490,7 +490,7 @@ pub async fn store_copy(
         target.clear().await?;
     } else if !target.is_empty().await? {
         return Err(
-            "the target already holds users or sessions; copy into an empty one, or give --replace to delete what it holds first"
+            "the target already holds users, sessions or revocations; copy into an empty one, or give --replace to delete what it holds first"
                 .into(),
         );
     }

@@ -507,7 +507,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<Option<Millis>>> {
         Ok(vec![None; ends.len()])
     }
-    /// Whether the store holds no user and no session (a copy's target).
+    /// Whether the store holds no user, no session and no revocation-log
+    /// entry (a copy's target).
     async fn is_empty(&self) -> StoreResult<bool>;
     /// Deletes every user, session, revocation-log entry, signing key and
     /// login budget, and gives the revocation log a new identity (cursors

@@ -1156,7 +1156,8 @@ impl Store for PgStore {
             let row = client
                 .query_one(
                     "SELECT NOT EXISTS (SELECT 1 FROM latchkey_users) \
-                         AND NOT EXISTS (SELECT 1 FROM latchkey_sessions)",
+                         AND NOT EXISTS (SELECT 1 FROM latchkey_sessions) \
+                         AND NOT EXISTS (SELECT 1 FROM latchkey_revocations)",
                     &[],
                 )
                 .await?;

@@ -910,9 +910,11 @@ impl Store for RedbStore {
         self.read(|txn| {
             let users = txn.open_table(USERS).map_err(backend)?;
             let sessions = txn.open_table(SESSIONS).map_err(backend)?;
+            let revocations = txn.open_table(REVOCATIONS).map_err(backend)?;
             Ok(
                 redb::ReadableTableMetadata::len(&users).map_err(backend)? == 0
-                    && redb::ReadableTableMetadata::len(&sessions).map_err(backend)? == 0,
+                    && redb::ReadableTableMetadata::len(&sessions).map_err(backend)? == 0
+                    && redb::ReadableTableMetadata::len(&revocations).map_err(backend)? == 0,
             )
         })
         .await
