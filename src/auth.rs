@@ -651,11 +651,14 @@ impl Auth {
         match session.decide(verified.token_id, self.clock.now_millis(), policy) {
             RefreshDecision::Revoked => return Err(Error::SessionRevoked),
             RefreshDecision::Expired => return Err(Error::TokenExpired),
-            RefreshDecision::GraceReplay => {
+            // With a store shared by instances, the grace window is judged
+            // by the store on the database's clock (as it was opened), not
+            // on this instance's: a clock behind must not stretch it.
+            RefreshDecision::GraceReplay if !self.store.is_shared() => {
                 let user = owner.ok_or(Error::UserNotFound)?;
                 return self.token_pair(&user, verified.session_id, &session, true);
             }
-            RefreshDecision::Rotated | RefreshDecision::Reused => {}
+            RefreshDecision::GraceReplay | RefreshDecision::Rotated | RefreshDecision::Reused => {}
         }
         let write = self.store.refresh_session(
             verified.session_id,

@@ -521,6 +521,10 @@ pub async fn store_copy(
             None => break,
         }
     }
+    // Ids of users deleted in the source stay unused in the target.
+    target
+        .restore(Restore::NextUserId(source.next_user_id().await?))
+        .await?;
     let mut sessions = 0;
     let mut after = None;
     loop {

@@ -370,6 +370,23 @@ pub async fn restore(store: Arc<dyn Store>) {
         .unwrap()
         .unwrap();
     assert!(next.id > 41, "ids continue after the restored ones");
+    // The source's counter (users above 41 were deleted there): never back.
+    store.restore(Restore::NextUserId(100)).await.unwrap();
+    store.restore(Restore::NextUserId(50)).await.unwrap();
+    store
+        .restore(Restore::Users(vec![
+            new_user("cy@example.com").into_user(60)
+        ]))
+        .await
+        .unwrap();
+    assert_eq!(store.next_user_id().await.unwrap(), 100);
+    let after_counter = store
+        .create_user(new_user("di@example.com"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(after_counter.id, 100);
+    assert_eq!(store.next_user_id().await.unwrap(), 101);
 
     let mut sessions: Vec<(SessionId, Session)> = (0..5).map(|_| session_of(41, &clock)).collect();
     sessions.sort_by_key(|(id, _)| *id);

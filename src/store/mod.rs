@@ -314,6 +314,9 @@ pub fn login_attempt_may_start(failures: u32, running: u32, free: u32) -> bool {
 #[derive(Debug, Clone)]
 pub enum Restore {
     Users(Vec<User>),
+    /// The source's next user id: ids of users deleted there are not
+    /// handed out again (the target's counter only moves forward).
+    NextUserId(u64),
     Sessions(Vec<(SessionId, Session)>),
     Revocations(Vec<Revocation>),
 }
@@ -487,6 +490,12 @@ pub trait Store: Send + Sync + 'static {
     fn is_shared(&self) -> bool {
         false
     }
+    /// The time shared by every process of a shared store (the database's
+    /// clock), for decisions several instances must agree on; `None` for a
+    /// store of one process (its own clock is the one).
+    async fn shared_now(&self) -> StoreResult<Option<Millis>> {
+        Ok(None)
+    }
     /// Starts a login attempt on every claim at `now`, in one transaction:
     /// refused if one is blocked or busy (see [`login_attempt_may_start`]),
     /// else counted as running on all of them for at most
@@ -507,6 +516,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<Option<Millis>>> {
         Ok(vec![None; ends.len()])
     }
+    /// The id the next new user gets (ids are never reused).
+    async fn next_user_id(&self) -> StoreResult<u64>;
     /// Whether the store holds no user, no session and no revocation-log
     /// entry (a copy's target).
     async fn is_empty(&self) -> StoreResult<bool>;

@@ -9,6 +9,9 @@
 //! checks than the budget), blocks double up to the maximum, and a success
 //! clears its account's failures but not its address's.
 //!
+//! Time is the store's shared clock (the database's), so that instances
+//! whose clocks differ agree on blocks and leases.
+//!
 //! Budgets are named by an HMAC of the account's email or the address's
 //! network, keyed by the signing secret that every instance shares; the
 //! store holds no email or address. The in-process throttle still runs in
@@ -57,6 +60,15 @@ pub struct SharedAttempt {
 
 /// The blocks a failure started (account, address), in milliseconds.
 pub type StartedBlocks = (Option<Duration>, Option<Duration>);
+
+/// The time budgets are decided by: the store's shared clock, so that
+/// instances whose clocks differ still agree on blocks and leases.
+async fn now(store: &dyn Store, clock: &Clock) -> Result<Millis, StoreError> {
+    Ok(store
+        .shared_now()
+        .await?
+        .unwrap_or_else(|| clock.now_millis()))
+}
 
 impl SharedBudgets {
     /// `secret` is the same on every instance, so the names are too.
@@ -118,7 +130,9 @@ impl SharedBudgets {
         let claims: Vec<LoginClaim> = std::iter::once(account).chain(address).collect();
         let deadline = tokio::time::Instant::now() + super::MAX_WAIT;
         loop {
-            let now = self.clock.now_millis();
+            let now = now(&*self.store, &self.clock)
+                .await
+                .map_err(Refused::Store)?;
             match self
                 .store
                 .begin_login_attempt(&claims, now)
@@ -162,7 +176,7 @@ impl SharedAttempt {
     /// The password check failed: counts against both budgets. Returns the
     /// blocks it started.
     pub async fn failed(mut self) -> Result<StartedBlocks, StoreError> {
-        let now = self.clock.now_millis();
+        let now = now(&*self.store, &self.clock).await?;
         let ends = self.ends(LoginEnd::Failed, LoginEnd::Failed);
         // Ended once the store has it: a failed or cancelled call leaves
         // the drop to give the places back.
@@ -182,9 +196,8 @@ impl SharedAttempt {
     /// does not: one good password buys no guesses elsewhere).
     pub async fn succeeded(mut self) -> Result<(), StoreError> {
         let ends = self.ends(LoginEnd::Cleared, LoginEnd::Released);
-        self.store
-            .end_login_attempt(&ends, self.clock.now_millis())
-            .await?;
+        let now = now(&*self.store, &self.clock).await?;
+        self.store.end_login_attempt(&ends, now).await?;
         self.ended = true;
         Ok(())
     }
@@ -197,11 +210,15 @@ impl Drop for SharedAttempt {
         }
         let ends = self.ends(LoginEnd::Released, LoginEnd::Released);
         let store = Arc::clone(&self.store);
-        let now = self.clock.now_millis();
+        let clock = self.clock.clone();
         // Outside a runtime (shutdown), the lease frees the places.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                if let Err(e) = store.end_login_attempt(&ends, now).await {
+                let released = match now(&*store, &clock).await {
+                    Ok(now) => store.end_login_attempt(&ends, now).await.map(drop),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = released {
                     tracing::warn!(error = %e, "could not give back a login attempt's place in the shared budgets; its lease frees it");
                 }
             });

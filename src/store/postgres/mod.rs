@@ -159,6 +159,14 @@ fn id_from(bytes: &[u8]) -> StoreResult<u128> {
 }
 
 /// Milliseconds and seconds are stored as BIGINT.
+/// Moves the user id sequence forward (never back) so that the next id is
+/// at least `$1` and above every stored id.
+const ADVANCE_USER_IDS: &str = "SELECT setval('latchkey_user_ids', wanted - 1) FROM ( \
+     SELECT GREATEST((SELECT COALESCE(MAX(id), 0) + 1 FROM latchkey_users), $1::BIGINT) AS wanted, \
+            (SELECT CASE WHEN is_called THEN last_value + 1 ELSE last_value END \
+             FROM latchkey_user_ids) AS next) AS ids \
+     WHERE wanted > next";
+
 /// Most batches of forgotten login-budget rows one sweep deletes.
 const LOGIN_SWEEP_BATCHES: usize = 100;
 
@@ -1227,17 +1235,15 @@ impl Store for PgStore {
                         .await?;
                     }
                     // Later ids continue after the highest restored.
-                    txn.execute(
-                        "SELECT setval('latchkey_user_ids', \
-                             GREATEST((SELECT COALESCE(MAX(id), 0) FROM latchkey_users), 1))",
-                        &[],
-                    )
-                    .await?;
+                    txn.execute(ADVANCE_USER_IDS, &[&0i64]).await?;
                 }
                 Restore::Sessions(sessions) => {
                     for (id, session) in sessions {
                         put_session(&txn, *id, session).await?;
                     }
+                }
+                Restore::NextUserId(next) => {
+                    txn.execute(ADVANCE_USER_IDS, &[&int(*next)]).await?;
                 }
                 Restore::Revocations(entries) => {
                     for entry in entries {
@@ -1267,8 +1273,37 @@ impl Store for PgStore {
         })
     }
 
+    async fn next_user_id(&self) -> StoreResult<u64> {
+        retrying!({
+            let client = self.pool.get().await?;
+            let next: i64 = client
+                .query_one(
+                    "SELECT CASE WHEN is_called THEN last_value + 1 ELSE last_value END \
+                     FROM latchkey_user_ids",
+                    &[],
+                )
+                .await?
+                .get(0);
+            Ok(uint(next))
+        })
+    }
+
     fn is_shared(&self) -> bool {
         true
+    }
+
+    async fn shared_now(&self) -> StoreResult<Option<Millis>> {
+        retrying!({
+            let client = self.pool.get().await?;
+            let now: i64 = client
+                .query_one(
+                    "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT",
+                    &[],
+                )
+                .await?
+                .get(0);
+            Ok(Some(uint(now)))
+        })
     }
 
     async fn begin_login_attempt(

@@ -906,6 +906,18 @@ impl Store for RedbStore {
             .await
     }
 
+    async fn next_user_id(&self) -> StoreResult<u64> {
+        self.read(|txn| {
+            Ok(txn
+                .open_table(META)
+                .map_err(backend)?
+                .get(NEXT_USER_ID)
+                .map_err(backend)?
+                .map_or(1, |v| v.value()))
+        })
+        .await
+    }
+
     async fn is_empty(&self) -> StoreResult<bool> {
         self.read(|txn| {
             let users = txn.open_table(USERS).map_err(backend)?;

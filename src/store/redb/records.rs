@@ -523,6 +523,10 @@ pub(super) fn restore(txn: &WriteTransaction, batch: crate::store::Restore) -> S
             }
             meta.insert(super::NEXT_USER_ID, next).map_err(backend)?;
         }
+        Restore::NextUserId(given) => {
+            let next = counter(&meta, super::NEXT_USER_ID)?.max(1).max(given);
+            meta.insert(super::NEXT_USER_ID, next).map_err(backend)?;
+        }
         Restore::Sessions(sessions) => {
             let mut by_user = txn.open_table(USER_SESSIONS).map_err(backend)?;
             let mut by_expiry = txn.open_table(SESSION_EXPIRY).map_err(backend)?;
