@@ -119,6 +119,9 @@ pub struct Auth {
     /// With a store shared by several instances: the failure budgets kept
     /// in it, which every instance draws on.
     shared_budgets: Option<SharedBudgets>,
+    /// With a store shared by several instances: the key set, reloaded at
+    /// once for a token of a key this instance does not know yet.
+    key_reloader: Option<Arc<crate::keys::manager::Keys>>,
     clock: Clock,
     accounts: Accounts,
 }
@@ -184,6 +187,7 @@ impl Auth {
             registration,
             throttle,
             shared_budgets: None,
+            key_reloader: None,
             clock,
             accounts,
         }
@@ -249,9 +253,7 @@ impl Auth {
 
     /// The caller behind a live access token (as `/auth/profile` checks it).
     pub async fn authenticate(&self, access_token: &str) -> Result<Caller, Error> {
-        let verified = self
-            .keys
-            .verify(access_token, TokenType::Access, self.clock.now_secs())?;
+        let verified = self.verify_token(access_token, TokenType::Access).await?;
         let session = self.store.session(verified.session_id).await?;
         let session = session
             .filter(|s| s.user_id == verified.user_id)
@@ -283,9 +285,9 @@ impl Auth {
         token: &str,
         hint: Option<TokenType>,
     ) -> Result<Introspection, Error> {
-        let (now_secs, now) = (self.clock.now_secs(), self.clock.now_millis());
+        let now = self.clock.now_millis();
         for kind in types_in_order(hint, TokenType::Access) {
-            let Ok(verified) = self.keys.verify(token, kind, now_secs) else {
+            let Ok(verified) = self.verify_token(token, kind).await else {
                 continue;
             };
             let session = self
@@ -317,7 +319,7 @@ impl Auth {
     /// nothing either way.
     pub async fn revoke_token(&self, token: &str, hint: Option<TokenType>) -> Result<(), Error> {
         for kind in types_in_order(hint, TokenType::Refresh) {
-            if let Ok(verified) = self.keys.verify(token, kind, self.clock.now_secs()) {
+            if let Ok(verified) = self.verify_token(token, kind).await {
                 // Decided from a read first: a token of a session that has
                 // ended (anyone may send one, again and again) costs no write.
                 let live = self
@@ -505,6 +507,38 @@ impl Auth {
             }
         }
         self
+    }
+
+    /// Reloads the key set when a token names a key this instance lacks,
+    /// if the store is shared (another instance may have just rotated).
+    pub fn reloading_keys_for_unknown_kids(
+        mut self,
+        keys: Arc<crate::keys::manager::Keys>,
+    ) -> Self {
+        if self.store.is_shared() {
+            self.key_reloader = Some(keys);
+        }
+        self
+    }
+
+    /// Verifies `token` as a `kind` token; with a shared store, a token of
+    /// a key this instance does not know yet gets a second look after a
+    /// reload (another instance may have rotated a moment ago).
+    async fn verify_token(
+        &self,
+        token: &str,
+        kind: TokenType,
+    ) -> Result<crate::tokens::Verified, Error> {
+        let failed_at = std::time::Instant::now();
+        match self.keys.verify(token, kind, self.clock.now_secs()) {
+            Err(Error::InvalidToken(crate::tokens::UNKNOWN_KEY)) => match &self.key_reloader {
+                Some(keys) if keys.reload_for_unknown_key(failed_at).await => {
+                    self.keys.verify(token, kind, self.clock.now_secs())
+                }
+                _ => Err(Error::InvalidToken(crate::tokens::UNKNOWN_KEY)),
+            },
+            other => other,
+        }
     }
 
     /// The user whose password this is, under the throttle: a throttled

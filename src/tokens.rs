@@ -23,6 +23,10 @@ use crate::keys::{KeyRing, SigningConfig};
 use crate::secrets::Secret;
 use crate::session::{IssuedRefresh, SessionId, TokenId, UserId};
 
+/// Why a token whose `kid` is not in the ring is refused (with several
+/// instances, the caller may reload the keys and try again).
+pub const UNKNOWN_KEY: &str = "unknown key";
+
 /// Tokens longer than this are refused before any decoding.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
@@ -202,7 +206,7 @@ impl TokenKeys {
             .kid
             .as_deref()
             .and_then(|kid| ring.verifier(kid))
-            .ok_or(Error::InvalidToken("unknown key"))?;
+            .ok_or(Error::InvalidToken(UNKNOWN_KEY))?;
         if parts.header.alg != key.alg.as_str() {
             return Err(Error::InvalidToken("algorithm not allowed"));
         }

@@ -40,7 +40,13 @@ pub struct Keys {
     clock: Clock,
     /// Serialises this process's changes to the set.
     changing: tokio::sync::Mutex<()>,
+    /// When the last reload for a token of an unknown key started.
+    unknown_key_reload: tokio::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// Reloads asked for by tokens of unknown keys: at most one per this, so a
+/// flood of made-up `kid`s costs at most one store read a second.
+const UNKNOWN_KEY_RELOAD_EVERY: Duration = Duration::from_secs(1);
 
 impl Keys {
     /// Brings the stored set in line with `config` (see
@@ -70,6 +76,7 @@ impl Keys {
             tokens,
             clock,
             changing: tokio::sync::Mutex::new(()),
+            unknown_key_reload: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -179,6 +186,32 @@ impl Keys {
         let ring = KeyRing::build(&self.config, &set, now).map_err(key_error)?;
         self.tokens.replace_ring(ring);
         Ok(())
+    }
+
+    /// A token whose key this ring lacks failed at `failed_at`: with several
+    /// instances, another one may have rotated (`keys rotate --now`) a
+    /// moment ago. Reloads the set at once (at most once a second) and
+    /// answers whether the ring may have changed since `failed_at`, so the
+    /// caller verifies again.
+    pub async fn reload_for_unknown_key(&self, failed_at: std::time::Instant) -> bool {
+        let mut last = self.unknown_key_reload.lock().await;
+        if let Some(started) = *last {
+            if started >= failed_at {
+                // Reloaded after this token failed: worth a second look.
+                return true;
+            }
+            if started.elapsed() < UNKNOWN_KEY_RELOAD_EVERY {
+                return false;
+            }
+        }
+        *last = Some(std::time::Instant::now());
+        match self.reload().await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "reloading the signing keys for an unknown key failed");
+                false
+            }
+        }
     }
 
     /// Reloads every `interval`, forever.

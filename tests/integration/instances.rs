@@ -600,3 +600,75 @@ async fn tls_to_the_database_verifies_the_server_certificate() {
     drop(server);
     drop(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_rotated_at_once_on_one_instance_verifies_on_the_other_at_once() {
+    let Some(database) = fresh_database().await else {
+        return;
+    };
+    let (dir, data) = data_dir();
+    let admin_key = data.join("admin.key");
+    std::fs::write(&admin_key, VERIFIER_KEY).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&admin_key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let admin_key = admin_key.display().to_string();
+    let (servers, _dirs) = two_instances(
+        &database,
+        &["--signing-alg", "EdDSA", "--admin-key-file", &admin_key],
+    );
+    let kid = |token: &str| -> String {
+        use base64::Engine;
+        let header = token.split('.').next().unwrap();
+        let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(header)
+            .unwrap();
+        serde_json::from_slice::<Value>(&header).unwrap()["kid"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let before = login(&servers[0].client, "mo@example.com", None).await;
+    let bearer = format!("Bearer {VERIFIER_KEY}");
+    let rotated = servers[0]
+        .client
+        .send(
+            Method::POST,
+            "/admin/keys/rotate",
+            &[
+                ("authorization", &bearer),
+                ("content-type", "application/json"),
+            ],
+            Bytes::from(r#"{"now":true}"#),
+        )
+        .await;
+    assert_eq!(rotated.status, 200, "{}", rotated.text);
+    let after = login(&servers[0].client, "mo@example.com", None).await;
+    assert_ne!(
+        kid(&before.access),
+        kid(&after.access),
+        "signs with the new key"
+    );
+    // The other instance has not reloaded yet (every 5 s): the unknown kid
+    // makes it reload at once.
+    assert_eq!(servers[1].client.profile(&after.access).await.status, 200);
+    assert_eq!(servers[1].client.profile(&before.access).await.status, 200);
+    // Made-up kids are refused, and cost at most a reload a second.
+    let forged = format!(
+        "{}.{}",
+        base64_url(r#"{"alg":"EdDSA","typ":"at+jwt","kid":"made-up"}"#),
+        after.access.split_once('.').unwrap().1
+    );
+    for _ in 0..20 {
+        servers[1]
+            .client
+            .profile(&forged)
+            .await
+            .assert_error(401, "invalid_token");
+    }
+    drop(dir);
+}
+
+fn base64_url(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
+}
