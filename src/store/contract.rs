@@ -483,112 +483,154 @@ pub async fn login_budgets(store: Arc<dyn Store>) {
     let t = 1_000_000;
     if !store.is_shared() {
         for _ in 0..10 {
-            assert_eq!(
+            assert!(matches!(
                 store.begin_login_attempt(&both, t).await.unwrap(),
-                LoginAdmission::Admitted
-            );
+                LoginAdmission::Admitted { .. }
+            ));
         }
         return;
     }
-    let begin = |now| {
+    let begin = |claims: [LoginClaim; 2], now| {
         let store = Arc::clone(&store);
-        async move { store.begin_login_attempt(&both, now).await.unwrap() }
+        async move { store.begin_login_attempt(&claims, now).await.unwrap() }
     };
-    let end = |how: LoginEnd, now| {
+    let admitted = |claims: [LoginClaim; 2], now| {
+        let store = Arc::clone(&store);
+        async move {
+            match store.begin_login_attempt(&claims, now).await.unwrap() {
+                LoginAdmission::Admitted { attempt } => attempt,
+                other => panic!("not admitted at {now}: {other:?}"),
+            }
+        }
+    };
+    let end = |attempt, account_end: LoginEnd, address_end: LoginEnd, now| {
         let store = Arc::clone(&store);
         async move {
             store
-                .end_login_attempt(&[(account, how), (address, LoginEnd::Failed)], now)
+                .end_login_attempt(
+                    attempt,
+                    &[(account, account_end), (address, address_end)],
+                    now,
+                )
                 .await
                 .unwrap()
         }
     };
+    use LoginEnd::{Cleared, Failed, Released};
     // Three may run at once (the budget), the fourth waits for one.
+    let mut running = Vec::new();
     for _ in 0..3 {
-        assert_eq!(begin(t).await, LoginAdmission::Admitted);
+        running.push(admitted(both, t).await);
     }
-    assert_eq!(begin(t).await, LoginAdmission::Busy);
+    assert_eq!(begin(both, t).await, LoginAdmission::Busy);
     // Two fail: still within the budget, no block.
-    assert_eq!(end(LoginEnd::Failed, t).await, vec![None, None]);
-    assert_eq!(end(LoginEnd::Failed, t).await, vec![None, None]);
+    assert_eq!(end(running[0], Failed, Failed, t).await, vec![None, None]);
+    assert_eq!(end(running[1], Failed, Failed, t).await, vec![None, None]);
     // The third spends it: a block of base_delay starts.
-    assert_eq!(end(LoginEnd::Failed, t).await, vec![Some(t + 1_000), None]);
     assert_eq!(
-        begin(t + 999).await,
+        end(running[2], Failed, Failed, t).await,
+        vec![Some(t + 1_000), None]
+    );
+    assert_eq!(
+        begin(both, t + 999).await,
         LoginAdmission::Blocked { until: t + 1_000 }
     );
     // After the block, one at a time; the next failure doubles it.
-    assert_eq!(begin(t + 1_000).await, LoginAdmission::Admitted);
-    assert_eq!(begin(t + 1_000).await, LoginAdmission::Busy);
+    let one = admitted(both, t + 1_000).await;
+    assert_eq!(begin(both, t + 1_000).await, LoginAdmission::Busy);
     assert_eq!(
-        end(LoginEnd::Failed, t + 1_000).await,
+        end(one, Failed, Failed, t + 1_000).await,
         vec![Some(t + 3_000), None]
     );
-    // An instance that died mid-check: its place is free after the lease.
+    // An instance that died mid-check: its place is free after the lease,
+    // counted from its own start (attempts since do not extend it).
     let later = t + 3_000;
-    assert_eq!(begin(later).await, LoginAdmission::Admitted);
-    assert_eq!(begin(later + 1).await, LoginAdmission::Busy);
-    assert_eq!(
-        begin(later + LOGIN_ATTEMPT_LEASE).await,
-        LoginAdmission::Admitted
-    );
+    let _dead = admitted(both, later).await;
+    assert_eq!(begin(both, later + 1).await, LoginAdmission::Busy);
+    let now = later + LOGIN_ATTEMPT_LEASE;
     // A success clears the account (and releases the address: its
     // failures stay, four so far).
-    let now = later + LOGIN_ATTEMPT_LEASE;
-    store
-        .end_login_attempt(
-            &[(account, LoginEnd::Cleared), (address, LoginEnd::Released)],
-            now,
-        )
-        .await
-        .unwrap();
-    for _ in 0..3 {
-        assert_eq!(begin(now).await, LoginAdmission::Admitted);
-    }
-    assert_eq!(begin(now).await, LoginAdmission::Busy);
-    // The address budget (ten) blocks every account from it: the three
-    // running here fail (seven), and three of another account spend it.
+    let right = admitted(both, now).await;
+    end(right, Cleared, Released, now).await;
+    // Running attempts count: three at once, with a dead one among them
+    // only until its lease ends.
     let other = LoginClaim {
         name: [3; 16],
         budget,
     };
-    for _ in 0..3 {
-        store
-            .end_login_attempt(
-                &[(account, LoginEnd::Released), (address, LoginEnd::Failed)],
-                now,
-            )
-            .await
-            .unwrap();
+    // Never ended: its instance died.
+    let _ghost = admitted([other, address], now).await;
+    let a = admitted([other, address], now + 20_000).await;
+    let b = admitted([other, address], now + 20_000).await;
+    assert_eq!(
+        begin([other, address], now + 20_000).await,
+        LoginAdmission::Busy
+    );
+    for attempt in [a, b] {
+        end_other(&store, attempt, other, address, now + 21_000).await;
     }
+    let after_ghost = now + LOGIN_ATTEMPT_LEASE + 1;
     for _ in 0..3 {
-        assert_eq!(
-            store
-                .begin_login_attempt(&[other, address], now)
+        admitted([other, address], after_ghost).await;
+    }
+    assert_eq!(
+        begin([other, address], after_ghost).await,
+        LoginAdmission::Busy
+    );
+    // The address budget (ten) blocks every account from it; its four
+    // failures so far are older than forget_after and no longer count.
+    let fresh = LoginClaim {
+        name: [4; 16],
+        budget: LoginBudget {
+            free: 100,
+            ..budget
+        },
+    };
+    let until_blocked = {
+        let mut failures = 0;
+        let mut blocked = None;
+        while blocked.is_none() {
+            let attempt = admitted([fresh, address], after_ghost + 40_000).await;
+            let blocks = store
+                .end_login_attempt(
+                    attempt,
+                    &[(fresh, Released), (address, Failed)],
+                    after_ghost + 40_000,
+                )
                 .await
-                .unwrap(),
-            LoginAdmission::Admitted
-        );
-        store
-            .end_login_attempt(
-                &[(other, LoginEnd::Released), (address, LoginEnd::Failed)],
-                now,
-            )
-            .await
-            .unwrap();
-    }
+                .unwrap();
+            failures += 1;
+            blocked = blocks[1];
+        }
+        failures
+    };
+    assert_eq!(until_blocked, 10, "the address's tenth failure blocks it");
     assert!(matches!(
-        store
-            .begin_login_attempt(&[other, address], now)
-            .await
-            .unwrap(),
+        begin(both, after_ghost + 40_000).await,
         LoginAdmission::Blocked { .. }
     ));
     // Failures older than forget_after no longer count.
-    let much_later = now + 3_600_000;
+    let much_later = after_ghost + 3_600_000;
     for _ in 0..3 {
-        assert_eq!(begin(much_later).await, LoginAdmission::Admitted);
+        admitted(both, much_later).await;
     }
+}
+
+async fn end_other(
+    store: &Arc<dyn Store>,
+    attempt: u128,
+    other: LoginClaim,
+    address: LoginClaim,
+    now: crate::session::Millis,
+) {
+    store
+        .end_login_attempt(
+            attempt,
+            &[(other, LoginEnd::Released), (address, LoginEnd::Released)],
+            now,
+        )
+        .await
+        .unwrap();
 }
 
 /// Runs every check of the contract against a backend: `$make` is an

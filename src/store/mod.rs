@@ -281,8 +281,8 @@ pub const LOGIN_ATTEMPT_LEASE: Millis = 30_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LoginAdmission {
     /// Counted as running on every claim; end it with
-    /// [`Store::end_login_attempt`].
-    Admitted,
+    /// [`Store::end_login_attempt`] and this id.
+    Admitted { attempt: u128 },
     /// A claim is blocked until then.
     Blocked { until: Millis },
     /// Running attempts (on any instance) could spend what is left of a
@@ -498,19 +498,20 @@ pub trait Store: Send + Sync + 'static {
     }
     /// Starts a login attempt on every claim at `now`, in one transaction:
     /// refused if one is blocked or busy (see [`login_attempt_may_start`]),
-    /// else counted as running on all of them for at most
+    /// else counted as running on all of them until it ends, for at most
     /// [`LOGIN_ATTEMPT_LEASE`]. Only a shared store keeps budgets.
     async fn begin_login_attempt(
         &self,
         _claims: &[LoginClaim],
         _now: Millis,
     ) -> StoreResult<LoginAdmission> {
-        Ok(LoginAdmission::Admitted)
+        Ok(LoginAdmission::Admitted { attempt: 0 })
     }
-    /// Ends an admitted attempt: each claim with how it ended. Answers, per
+    /// Ends the admitted `attempt`: each claim with how it ended. Answers, per
     /// claim, the block this failure started, if it started one.
     async fn end_login_attempt(
         &self,
+        _attempt: u128,
         ends: &[(LoginClaim, LoginEnd)],
         _now: Millis,
     ) -> StoreResult<Vec<Option<Millis>>> {

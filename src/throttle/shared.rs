@@ -51,6 +51,8 @@ pub struct SharedBudgets {
 /// without either (an error, or a client gone mid-check), it gives its
 /// running places back in the background.
 pub struct SharedAttempt {
+    /// The store's id of this attempt (its lease rows).
+    attempt: u128,
     store: Arc<dyn Store>,
     clock: Clock,
     account: LoginClaim,
@@ -139,8 +141,9 @@ impl SharedBudgets {
                 .await
                 .map_err(Refused::Store)?
             {
-                LoginAdmission::Admitted => {
+                LoginAdmission::Admitted { attempt } => {
                     return Ok(SharedAttempt {
+                        attempt,
                         store: Arc::clone(&self.store),
                         clock: self.clock.clone(),
                         account,
@@ -180,7 +183,10 @@ impl SharedAttempt {
         let ends = self.ends(LoginEnd::Failed, LoginEnd::Failed);
         // Ended once the store has it: a failed or cancelled call leaves
         // the drop to give the places back.
-        let blocks = self.store.end_login_attempt(&ends, now).await?;
+        let blocks = self
+            .store
+            .end_login_attempt(self.attempt, &ends, now)
+            .await?;
         self.ended = true;
         let started = |i: usize| {
             blocks
@@ -197,7 +203,9 @@ impl SharedAttempt {
     pub async fn succeeded(mut self) -> Result<(), StoreError> {
         let ends = self.ends(LoginEnd::Cleared, LoginEnd::Released);
         let now = now(&*self.store, &self.clock).await?;
-        self.store.end_login_attempt(&ends, now).await?;
+        self.store
+            .end_login_attempt(self.attempt, &ends, now)
+            .await?;
         self.ended = true;
         Ok(())
     }
@@ -211,11 +219,12 @@ impl Drop for SharedAttempt {
         let ends = self.ends(LoginEnd::Released, LoginEnd::Released);
         let store = Arc::clone(&self.store);
         let clock = self.clock.clone();
+        let attempt = self.attempt;
         // Outside a runtime (shutdown), the lease frees the places.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
                 let released = match now(&*store, &clock).await {
-                    Ok(now) => store.end_login_attempt(&ends, now).await.map(drop),
+                    Ok(now) => store.end_login_attempt(attempt, &ends, now).await.map(drop),
                     Err(e) => Err(e),
                 };
                 if let Err(e) = released {

@@ -171,21 +171,17 @@ const ADVANCE_USER_IDS: &str = "SELECT setval('latchkey_user_ids', wanted - 1) F
 const LOGIN_SWEEP_BATCHES: usize = 100;
 
 /// A budget's row as it counts at `now`: failures older than the
-/// budget's `forget_after`, and running attempts past their lease, no
-/// longer count.
+/// budget's `forget_after` no longer count.
 #[derive(Debug, Default, Clone, Copy)]
 struct BudgetRow {
     failures: u32,
     last_failure: Millis,
     blocked_until: Millis,
-    running: u32,
-    running_until: Millis,
 }
 
 impl BudgetRow {
     fn read(row: &Row, budget: LoginBudget, now: Millis) -> BudgetRow {
         let last_failure = uint(row.get(2));
-        let running_until = uint(row.get(5));
         let forgotten = last_failure < now.saturating_sub(budget.forget_after);
         BudgetRow {
             failures: if forgotten {
@@ -195,12 +191,6 @@ impl BudgetRow {
             },
             last_failure,
             blocked_until: uint(row.get(3)),
-            running: if running_until > now {
-                u32::try_from(row.get::<_, i32>(4)).unwrap_or(0)
-            } else {
-                0
-            },
-            running_until,
         }
     }
 }
@@ -1312,11 +1302,14 @@ impl Store for PgStore {
         now: Millis,
     ) -> StoreResult<LoginAdmission> {
         let names = sorted_names(claims.iter().map(|claim| claim.name));
+        let mut attempt = [0u8; 16];
+        getrandom::fill(&mut attempt)
+            .map_err(|e| StoreError::Backend(format!("no randomness available: {e}")))?;
         retrying!({
             let mut client = self.pool.get().await?;
             let txn = client.transaction().await?;
-            // Rows locked in name order: instances cannot both admit one
-            // attempt's place, nor deadlock over two claims.
+            // Budget rows locked in name order: instances cannot both admit
+            // one attempt's place, nor deadlock over two claims.
             txn.execute(
                 "INSERT INTO latchkey_login_failures (account, failures, last_failure) \
                  SELECT unnest($1::BYTEA[]), 0, 0 ON CONFLICT (account) DO NOTHING",
@@ -1325,12 +1318,18 @@ impl Store for PgStore {
             .await?;
             let rows = txn
                 .query(
-                    "SELECT account, failures, last_failure, blocked_until, running, running_until \
+                    "SELECT account, failures, last_failure, blocked_until \
                      FROM latchkey_login_failures WHERE account = ANY($1) ORDER BY account FOR UPDATE",
                     &[&names],
                 )
                 .await?;
-            let mut counts = Vec::with_capacity(claims.len());
+            let running = txn
+                .query(
+                    "SELECT account, count(*) FROM latchkey_login_attempts \
+                     WHERE account = ANY($1) AND expires_at > $2 GROUP BY account",
+                    &[&names, &int(now)],
+                )
+                .await?;
             for claim in claims {
                 let row = rows
                     .iter()
@@ -1344,31 +1343,38 @@ impl Store for PgStore {
                         until: state.blocked_until,
                     });
                 }
-                if !login_attempt_may_start(state.failures, state.running, claim.budget.free) {
+                let running = running
+                    .iter()
+                    .find(|row| row.get::<_, &[u8]>(0) == claim.name.as_slice())
+                    .map_or(0, |row| {
+                        u32::try_from(row.get::<_, i64>(1)).unwrap_or(u32::MAX)
+                    });
+                if !login_attempt_may_start(state.failures, running, claim.budget.free) {
                     return Ok(LoginAdmission::Busy);
                 }
-                counts.push((claim.name, state));
             }
-            for (name, state) in counts {
-                txn.execute(
-                    "UPDATE latchkey_login_failures SET failures = $2, running = $3, \
-                     running_until = $4 WHERE account = $1",
-                    &[
-                        &name.as_slice(),
-                        &i32::try_from(state.failures).unwrap_or(i32::MAX),
-                        &i32::try_from(state.running + 1).unwrap_or(i32::MAX),
-                        &int(now.saturating_add(LOGIN_ATTEMPT_LEASE)),
-                    ],
-                )
-                .await?;
-            }
+            // One lease row per claim: it ends with the attempt, or by itself
+            // after the lease if the instance running it dies.
+            txn.execute(
+                "INSERT INTO latchkey_login_attempts (account, attempt, expires_at) \
+                 SELECT unnest($1::BYTEA[]), $2, $3",
+                &[
+                    &names,
+                    &attempt.as_slice(),
+                    &int(now.saturating_add(LOGIN_ATTEMPT_LEASE)),
+                ],
+            )
+            .await?;
             txn.commit().await?;
-            Ok(LoginAdmission::Admitted)
+            Ok(LoginAdmission::Admitted {
+                attempt: u128::from_be_bytes(attempt),
+            })
         })
     }
 
     async fn end_login_attempt(
         &self,
+        attempt: u128,
         ends: &[(LoginClaim, LoginEnd)],
         now: Millis,
     ) -> StoreResult<Vec<Option<Millis>>> {
@@ -1378,23 +1384,27 @@ impl Store for PgStore {
             let txn = client.transaction().await?;
             let rows = txn
                 .query(
-                    "SELECT account, failures, last_failure, blocked_until, running, running_until \
+                    "SELECT account, failures, last_failure, blocked_until \
                      FROM latchkey_login_failures WHERE account = ANY($1) ORDER BY account FOR UPDATE",
                     &[&names],
                 )
                 .await?;
+            txn.execute(
+                "DELETE FROM latchkey_login_attempts WHERE account = ANY($1) AND attempt = $2",
+                &[&names, &id_bytes(attempt)],
+            )
+            .await?;
             let mut blocks = Vec::with_capacity(ends.len());
             for (claim, end) in ends {
-                // A row swept meanwhile (its lease long over) has nothing
-                // to give back; a failure is still counted.
                 let mut state = match rows
                     .iter()
                     .find(|row| row.get::<_, &[u8]>(0) == claim.name.as_slice())
                 {
                     Some(row) => BudgetRow::read(row, claim.budget, now),
+                    // Swept meanwhile (an attempt that outlived its lease):
+                    // a failure still counts.
                     None => BudgetRow::default(),
                 };
-                state.running = state.running.saturating_sub(1);
                 let mut block = None;
                 match end {
                     LoginEnd::Released => {}
@@ -1413,17 +1423,15 @@ impl Store for PgStore {
                 }
                 txn.execute(
                     "INSERT INTO latchkey_login_failures \
-                         (account, failures, last_failure, blocked_until, running, running_until) \
-                     VALUES ($1, $2, $3, $4, $5, $6) \
+                         (account, failures, last_failure, blocked_until) \
+                     VALUES ($1, $2, $3, $4) \
                      ON CONFLICT (account) DO UPDATE SET failures = $2, last_failure = $3, \
-                         blocked_until = $4, running = $5, running_until = $6",
+                         blocked_until = $4",
                     &[
                         &claim.name.as_slice(),
                         &i32::try_from(state.failures).unwrap_or(i32::MAX),
                         &int(state.last_failure),
                         &int(state.blocked_until),
-                        &i32::try_from(state.running).unwrap_or(i32::MAX),
-                        &int(state.running_until),
                     ],
                 )
                 .await?;
@@ -1450,18 +1458,32 @@ impl Store for PgStore {
                     &[&int(now), &int(limit as u64)],
                 )
                 .await?;
-            // Budget rows that count no more, block nothing and run
-            // nothing (failures are forgotten after an hour: the throttle's
-            // `forget_after`; rows of successes only at once), in bounded
-            // batches of their own until none is left, so the table stays
-            // about the size of one hour of failures.
+            // Leases of attempts whose instance died, then budget rows that
+            // count no more, block nothing and run nothing (failures are
+            // forgotten after an hour: the throttle's `forget_after`; rows
+            // of successes only at once), each in bounded batches until
+            // none is left, so the tables hold about one hour of failures.
+            for _ in 0..LOGIN_SWEEP_BATCHES {
+                let expired = client
+                    .execute(
+                        "DELETE FROM latchkey_login_attempts WHERE (account, attempt) IN ( \
+                             SELECT account, attempt FROM latchkey_login_attempts \
+                             WHERE expires_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                        &[&int(now), &int(limit as u64)],
+                    )
+                    .await?;
+                if expired < limit as u64 {
+                    break;
+                }
+            }
             for _ in 0..LOGIN_SWEEP_BATCHES {
                 let forgotten = client
                     .execute(
                         "DELETE FROM latchkey_login_failures WHERE account IN ( \
-                             SELECT account FROM latchkey_login_failures \
+                             SELECT account FROM latchkey_login_failures AS budget \
                              WHERE last_failure < $1::BIGINT - 3600000 AND blocked_until < $1::BIGINT \
-                                 AND running_until < $1::BIGINT \
+                                 AND NOT EXISTS (SELECT 1 FROM latchkey_login_attempts AS running \
+                                     WHERE running.account = budget.account) \
                              LIMIT $2 FOR UPDATE SKIP LOCKED)",
                         &[&int(now), &int(limit as u64)],
                     )

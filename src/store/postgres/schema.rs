@@ -88,13 +88,18 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
     (
         3,
         r#"
-    -- Client addresses get budgets too (`account` is any budget's name),
-    -- and attempts still running count, so a burst spread over instances
-    -- gets no more checks than the budget: `running` until `running_until`.
-    -- Columns are only added: instances of the previous version keep
-    -- working on this schema during a rolling upgrade.
-    ALTER TABLE latchkey_login_failures ADD COLUMN running INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE latchkey_login_failures ADD COLUMN running_until BIGINT NOT NULL DEFAULT 0;
+    -- Client addresses get budgets too (`account` names any budget), and
+    -- attempts still running count, so a burst spread over instances gets
+    -- no more checks than the budget: one lease row per running attempt
+    -- and budget, deleted when it ends, or swept after `expires_at` if its
+    -- instance died.
+    CREATE TABLE latchkey_login_attempts (
+        account    BYTEA NOT NULL,
+        attempt    BYTEA NOT NULL,
+        expires_at BIGINT NOT NULL,
+        PRIMARY KEY (account, attempt)
+    );
+    CREATE INDEX latchkey_login_attempts_by_expiry ON latchkey_login_attempts (expires_at);
     "#,
     ),
 ];
