@@ -670,9 +670,9 @@ impl Auth {
                 .verify(refresh_token, TokenType::Refresh, self.clock.now_secs())?;
         let policy = self.rotation_policy();
         // A refresh that changes nothing (a revoked or expired session, an
-        // unknown one, a replay within the grace window) is answered from a
-        // read, without waiting for a commit: a flood of one dead token
-        // costs no disk bandwidth. Only a rotation or a first reuse goes to
+        // unknown one, a replay within the grace window, the last only with
+        // a store of one process) is answered from a read, without waiting
+        // for a commit: a flood of one dead token costs no disk bandwidth. Only a rotation or a first reuse goes to
         // the writer, which decides again at the time it applies it.
         let found = self
             .store

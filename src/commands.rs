@@ -479,13 +479,12 @@ pub async fn store_copy(
     if source.revocations(None, 0).await?.epoch == target.revocations(None, 0).await?.epoch {
         return Err("the source and the target are the same store".into());
     }
+    // An empty source is a mistake (a wrong file or database): copying it
+    // would only replace the target's keys, or with --replace, everything.
+    if source.is_empty().await? {
+        return Err("the source holds no user, session or revocation: nothing to copy".into());
+    }
     if replace {
-        if source.is_empty().await? {
-            return Err(
-                "the source holds no user, session or revocation: refusing to replace the target with nothing"
-                    .into(),
-            );
-        }
         eprintln!("deleting everything the target holds (--replace) …");
         target.clear().await?;
     } else if !target.is_empty().await? {

@@ -44,9 +44,8 @@ pub struct Keys {
     unknown_key_reload: tokio::sync::Mutex<Option<std::time::Instant>>,
 }
 
-/// Reloads asked for by tokens of unknown keys: at most one per this, so a
-/// flood of made-up `kid`s costs at most one store read a second.
-const UNKNOWN_KEY_RELOAD_EVERY: Duration = Duration::from_secs(1);
+/// Reloads asked for by tokens of unknown keys start at most this often.
+const UNKNOWN_KEY_RELOAD_EVERY: Duration = Duration::from_millis(250);
 
 impl Keys {
     /// Brings the stored set in line with `config` (see
@@ -190,18 +189,21 @@ impl Keys {
 
     /// A token whose key this ring lacks failed at `failed_at`: with several
     /// instances, another one may have rotated (`keys rotate --now`) a
-    /// moment ago. Reloads the set at once (at most once a second) and
-    /// answers whether the ring may have changed since `failed_at`, so the
-    /// caller verifies again.
+    /// moment ago. Makes sure a reload of the set starts after `failed_at`
+    /// (one reload serves every token that failed before it started; they
+    /// start at most every [`UNKNOWN_KEY_RELOAD_EVERY`], so made-up `kid`s
+    /// cost a few store reads a second and wait for them) and answers
+    /// whether the ring may have changed since, so the caller verifies
+    /// again.
     pub async fn reload_for_unknown_key(&self, failed_at: std::time::Instant) -> bool {
         let mut last = self.unknown_key_reload.lock().await;
         if let Some(started) = *last {
             if started >= failed_at {
-                // Reloaded after this token failed: worth a second look.
                 return true;
             }
-            if started.elapsed() < UNKNOWN_KEY_RELOAD_EVERY {
-                return false;
+            let since = started.elapsed();
+            if since < UNKNOWN_KEY_RELOAD_EVERY {
+                tokio::time::sleep(UNKNOWN_KEY_RELOAD_EVERY - since).await;
             }
         }
         *last = Some(std::time::Instant::now());

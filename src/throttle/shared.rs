@@ -29,6 +29,12 @@ use crate::clock::Clock;
 use crate::session::Millis;
 use crate::store::{LoginAdmission, LoginBudget, LoginClaim, LoginEnd, Store, StoreError};
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Budget {
+    Account,
+    Address,
+}
+
 /// How often a busy budget is asked again while waiting.
 const BUSY_POLL: Duration = Duration::from_millis(100);
 
@@ -60,6 +66,13 @@ pub struct SharedAttempt {
     ended: bool,
 }
 
+/// What one try to start an attempt came to.
+enum Step {
+    Started(SharedAttempt),
+    Blocked { retry_after: Duration },
+    Busy,
+}
+
 /// The blocks a failure started (account, address), in milliseconds.
 pub type StartedBlocks = (Option<Duration>, Option<Duration>);
 
@@ -88,11 +101,15 @@ impl SharedBudgets {
         }
     }
 
-    fn name(&self, kind: &[u8], key: &[u8]) -> [u8; 16] {
+    /// An account's budget is named as schema version 2 named it (instances
+    /// of both versions share it during a rolling upgrade); an address's
+    /// name has a prefix no email can have (a NUL).
+    fn name(&self, kind: Budget, key: &[u8]) -> [u8; 16] {
         let mut context = hmac::Context::with_key(&self.names);
         context.update(b"latchkey login budget\0");
-        context.update(kind);
-        context.update(b"\0");
+        if kind == Budget::Address {
+            context.update(b"address\0");
+        }
         context.update(key);
         let tag = context.sign();
         let mut name = [0u8; 16];
@@ -119,12 +136,12 @@ impl SharedBudgets {
         address: Option<IpAddr>,
     ) -> Result<SharedAttempt, Refused> {
         let account = LoginClaim {
-            name: self.name(b"account", email.as_bytes()),
+            name: self.name(Budget::Account, email.as_bytes()),
             budget: self.budget(self.policy.account_free_failures),
         };
         let address = address.map(|address| LoginClaim {
             name: self.name(
-                b"address",
+                Budget::Address,
                 &address_key(address, self.policy.ipv6_prefix).to_be_bytes(),
             ),
             budget: self.budget(self.policy.address_free_failures),
@@ -132,31 +149,45 @@ impl SharedBudgets {
         let claims: Vec<LoginClaim> = std::iter::once(account).chain(address).collect();
         let deadline = tokio::time::Instant::now() + super::MAX_WAIT;
         loop {
-            let now = now(&*self.store, &self.clock)
-                .await
-                .map_err(Refused::Store)?;
-            match self
-                .store
-                .begin_login_attempt(&claims, now)
-                .await
-                .map_err(Refused::Store)?
-            {
-                LoginAdmission::Admitted { attempt } => {
-                    return Ok(SharedAttempt {
-                        attempt,
-                        store: Arc::clone(&self.store),
-                        clock: self.clock.clone(),
-                        account,
-                        address,
-                        ended: false,
+            // In a task of its own: if this request is dropped (its client
+            // went away) after the store admitted the attempt, the task
+            // still builds the guard, whose drop gives the places back; a
+            // lease admitted for nobody would hold them for its whole term.
+            let step = tokio::spawn({
+                let (store, clock, claims) =
+                    (Arc::clone(&self.store), self.clock.clone(), claims.clone());
+                async move {
+                    let now = now(&*store, &clock).await?;
+                    let admission = store.begin_login_attempt(&claims, now).await?;
+                    Ok::<_, StoreError>(match admission {
+                        LoginAdmission::Admitted { attempt } => Step::Started(SharedAttempt {
+                            attempt,
+                            store,
+                            clock,
+                            account,
+                            address,
+                            ended: false,
+                        }),
+                        LoginAdmission::Blocked { until } => Step::Blocked {
+                            retry_after: Duration::from_millis(until.saturating_sub(now)),
+                        },
+                        LoginAdmission::Busy => Step::Busy,
                     })
                 }
-                LoginAdmission::Blocked { until } => {
-                    return Err(Refused::Blocked(Blocked {
-                        retry_after: Duration::from_millis(until.saturating_sub(now)),
-                    }))
+            })
+            .await
+            .map_err(|e| {
+                Refused::Store(StoreError::Backend(format!(
+                    "a login attempt's store task failed: {e}"
+                )))
+            })?
+            .map_err(Refused::Store)?;
+            match step {
+                Step::Started(attempt) => return Ok(attempt),
+                Step::Blocked { retry_after } => {
+                    return Err(Refused::Blocked(Blocked { retry_after }))
                 }
-                LoginAdmission::Busy => {
+                Step::Busy => {
                     if tokio::time::Instant::now() + BUSY_POLL > deadline {
                         return Err(Refused::Blocked(Blocked {
                             retry_after: self.policy.base_delay.max(Duration::from_secs(1)),

@@ -90,10 +90,7 @@ pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
 /// checked by another must not depend on their clocks agreeing).
 async fn database_now(txn: &Txn<'_>) -> Attempt<Millis> {
     let now: i64 = txn
-        .query_one(
-            "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT",
-            &[],
-        )
+        .query_one(&format!("SELECT {DATABASE_NOW}"), &[])
         .await?
         .get(0);
     Ok(uint(now))
@@ -158,7 +155,10 @@ fn id_from(bytes: &[u8]) -> StoreResult<u128> {
     Ok(u128::from_be_bytes(array))
 }
 
-/// Milliseconds and seconds are stored as BIGINT.
+/// The database's clock in Unix milliseconds, as SQL: what time-dependent
+/// questions shared by instances are decided by.
+const DATABASE_NOW: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::BIGINT";
+
 /// Moves the user id sequence forward (never back) so that the next id is
 /// at least `$1` and above every stored id.
 const ADVANCE_USER_IDS: &str = "SELECT setval('latchkey_user_ids', wanted - 1) FROM ( \
@@ -203,6 +203,7 @@ fn sorted_names(names: impl Iterator<Item = [u8; 16]>) -> Vec<Vec<u8>> {
     names
 }
 
+/// Milliseconds and seconds are stored as BIGINT.
 fn int(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
@@ -479,6 +480,23 @@ pub struct PgStore {
     watcher: tokio::task::JoinHandle<()>,
 }
 
+/// `url` with libpq's `sslmode=verify-full` and `verify-ca` (which the
+/// driver does not know) as `require`: here TLS always verifies. Only the
+/// query's own `sslmode` parameter is touched.
+fn with_verifying_modes_as_require(url: &str) -> String {
+    let Some((base, query)) = url.split_once('?') else {
+        return url.to_string();
+    };
+    let query: Vec<&str> = query
+        .split('&')
+        .map(|parameter| match parameter {
+            "sslmode=verify-full" | "sslmode=verify-ca" => "sslmode=require",
+            other => other,
+        })
+        .collect();
+    format!("{base}?{}", query.join("&"))
+}
+
 /// A pool of at most `max_connections` connections to `url`.
 ///
 /// TLS: with `sslmode=require` in the URL (`verify-full` and `verify-ca`
@@ -488,9 +506,7 @@ pub struct PgStore {
 /// `ca_file`; a server that cannot be verified is refused. Otherwise
 /// (no `sslmode`, `prefer`, `disable`) connections are plain TCP.
 fn connection_pool(url: &str, max_connections: usize, ca_file: Option<&Path>) -> StoreResult<Pool> {
-    let url = url
-        .replace("sslmode=verify-full", "sslmode=require")
-        .replace("sslmode=verify-ca", "sslmode=require");
+    let url = with_verifying_modes_as_require(url);
     let mut config: tokio_postgres::Config = url
         .parse()
         .map_err(|e| StoreError::Backend(format!("--database is not a PostgreSQL URL: {e}")))?;
@@ -1169,7 +1185,7 @@ impl Store for PgStore {
             let txn = client.transaction().await?;
             txn.batch_execute(
                 "TRUNCATE latchkey_sessions, latchkey_revocations, latchkey_users, \
-                     latchkey_signing_keys, latchkey_login_failures; \
+                     latchkey_signing_keys, latchkey_login_failures, latchkey_login_attempts; \
                  UPDATE latchkey_counters SET value = CASE name \
                      WHEN 'revocation_next_seq' THEN 1 \
                      WHEN 'revocation_epoch' THEN (floor(random() * 9007199254740991))::BIGINT * 2 + 1 \
@@ -1286,10 +1302,7 @@ impl Store for PgStore {
         retrying!({
             let client = self.pool.get().await?;
             let now: i64 = client
-                .query_one(
-                    "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT",
-                    &[],
-                )
+                .query_one(&format!("SELECT {DATABASE_NOW}"), &[])
                 .await?
                 .get(0);
             Ok(Some(uint(now)))
@@ -1382,6 +1395,14 @@ impl Store for PgStore {
         retrying!({
             let mut client = self.pool.get().await?;
             let txn = client.transaction().await?;
+            // As in begin: rows made (if swept meanwhile) and locked in name
+            // order.
+            txn.execute(
+                "INSERT INTO latchkey_login_failures (account, failures, last_failure) \
+                 SELECT unnest($1::BYTEA[]), 0, 0 ON CONFLICT (account) DO NOTHING",
+                &[&names],
+            )
+            .await?;
             let rows = txn
                 .query(
                     "SELECT account, failures, last_failure, blocked_until \
@@ -1466,10 +1487,12 @@ impl Store for PgStore {
             for _ in 0..LOGIN_SWEEP_BATCHES {
                 let expired = client
                     .execute(
-                        "DELETE FROM latchkey_login_attempts WHERE (account, attempt) IN ( \
+                        &format!(
+                            "DELETE FROM latchkey_login_attempts WHERE (account, attempt) IN ( \
                              SELECT account, attempt FROM latchkey_login_attempts \
-                             WHERE expires_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
-                        &[&int(now), &int(limit as u64)],
+                             WHERE expires_at < {DATABASE_NOW} LIMIT $1 FOR UPDATE SKIP LOCKED)"
+                        ),
+                        &[&int(limit as u64)],
                     )
                     .await?;
                 if expired < limit as u64 {
@@ -1479,13 +1502,13 @@ impl Store for PgStore {
             for _ in 0..LOGIN_SWEEP_BATCHES {
                 let forgotten = client
                     .execute(
-                        "DELETE FROM latchkey_login_failures WHERE account IN ( \
+                        &format!("DELETE FROM latchkey_login_failures WHERE account IN ( \
                              SELECT account FROM latchkey_login_failures AS budget \
-                             WHERE last_failure < $1::BIGINT - 3600000 AND blocked_until < $1::BIGINT \
+                             WHERE last_failure < {DATABASE_NOW} - 3600000 AND blocked_until < {DATABASE_NOW} \
                                  AND NOT EXISTS (SELECT 1 FROM latchkey_login_attempts AS running \
                                      WHERE running.account = budget.account) \
-                             LIMIT $2 FOR UPDATE SKIP LOCKED)",
-                        &[&int(now), &int(limit as u64)],
+                             LIMIT $1 FOR UPDATE SKIP LOCKED)"),
+                        &[&int(limit as u64)],
                     )
                     .await?;
                 if forgotten < limit as u64 {
@@ -1604,9 +1627,73 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
+    /// Login requests dropped at any moment (their clients went away) leave
+    /// no lease behind: a lease admitted for nobody would hold a place of
+    /// the account's budget for 30 s.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cancelled_logins_leave_no_lease() {
+        let Some(pg) = fresh_pg().await else {
+            return;
+        };
+        let store = Arc::clone(&pg) as Arc<dyn Store>;
+        let policy = crate::throttle::ThrottlePolicy {
+            account_free_failures: 1_000_000,
+            address_free_failures: 1_000_000,
+            ..Default::default()
+        };
+        let secret = crate::secrets::Secret::new(vec![7; 32]).unwrap();
+        let budgets = crate::throttle::shared::SharedBudgets::new(
+            Arc::clone(&store),
+            &secret,
+            policy,
+            Clock::default(),
+        );
+        let address = Some(std::net::IpAddr::from([127, 0, 0, 1]));
+        let (mut finished, mut cancelled) = (0, 0);
+        for i in 0..600u64 {
+            let patience = std::time::Duration::from_micros(100 + (i * 7919) % 3000);
+            match tokio::time::timeout(patience, budgets.begin("ana@example.com", address)).await {
+                Ok(started) => {
+                    started
+                        .map_err(|_| "refused")
+                        .unwrap()
+                        .succeeded()
+                        .await
+                        .unwrap();
+                    finished += 1;
+                }
+                Err(_) => cancelled += 1,
+            }
+        }
+        assert!(cancelled > 0 && finished > 0, "{cancelled} / {finished}");
+        // The guards of admitted-but-abandoned attempts release in the background.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let client = pg.pool.get().await.unwrap();
+            let leases: i64 = client
+                .query_one("SELECT count(*) FROM latchkey_login_attempts", &[])
+                .await
+                .unwrap()
+                .get(0);
+            if leases == 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{leases} leases left after {cancelled} cancelled logins"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// A fresh database for one test: a schema of its own in the database
     /// at `LATCHKEY_TEST_DATABASE_URL` (tests are skipped without it).
     async fn fresh() -> Option<(Arc<dyn Store>, ())> {
+        let store = fresh_pg().await?;
+        Some((store as Arc<dyn Store>, ()))
+    }
+
+    async fn fresh_pg() -> Option<Arc<PgStore>> {
         let url = std::env::var("LATCHKEY_TEST_DATABASE_URL").ok()?;
         let mut name = [0u8; 8];
         getrandom::fill(&mut name).unwrap();
@@ -1619,8 +1706,7 @@ mod tests {
             .unwrap();
         let separator = if url.contains('?') { '&' } else { '?' };
         let scoped = format!("{url}{separator}options=-csearch_path%3D{schema}");
-        let store = PgStore::open(&scoped, 4, None).await.unwrap();
-        Some((Arc::new(store) as Arc<dyn Store>, ()))
+        Some(Arc::new(PgStore::open(&scoped, 4, None).await.unwrap()))
     }
 
     macro_rules! pg_contract {

@@ -126,12 +126,57 @@ fn created_meanwhile(e: &tokio_postgres::Error) -> bool {
 }
 
 /// Brings the schema to the newest version this binary knows; refuses a
-/// database that is newer. Returns the version.
+/// database that is newer. Returns the version. An engine that runs the
+/// transaction more strictly than asked (serializable only) may refuse a
+/// migrator that raced another: it starts again, and then finds the work
+/// done.
 pub async fn migrate(client: &mut Client) -> StoreResult<i32> {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match migrate_once(client).await {
+            Err(Raced) if attempts < 5 => {
+                tokio::time::sleep(std::time::Duration::from_millis(20 * attempts)).await
+            }
+            Err(Raced) => return Err(StoreError::Backend(
+                "migrating the PostgreSQL schema: other instances kept migrating at the same time"
+                    .into(),
+            )),
+            Ok(result) => return result,
+        }
+    }
+}
+
+/// A migration that lost a race with another instance's.
+struct Raced;
+
+async fn migrate_once(client: &mut Client) -> Result<StoreResult<i32>, Raced> {
+    match migrate_unchecked(client).await {
+        Err(e) if raced(&e) => Err(Raced),
+        Err(e) => Ok(Err(backend(e))),
+        Ok(result) => Ok(result),
+    }
+}
+
+/// Whether `e` is a conflict with a migrator running at the same moment.
+fn raced(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    e.code().is_some_and(|code| {
+        [
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::T_R_DEADLOCK_DETECTED,
+            SqlState::UNIQUE_VIOLATION,
+            SqlState::DUPLICATE_TABLE,
+            SqlState::DUPLICATE_OBJECT,
+        ]
+        .contains(code)
+    })
+}
+
+async fn migrate_unchecked(client: &mut Client) -> Result<StoreResult<i32>, tokio_postgres::Error> {
     let exists: bool = client
         .query_one("SELECT to_regclass('latchkey_migrations') IS NOT NULL", &[])
-        .await
-        .map_err(backend)?
+        .await?
         .get(0);
     if !exists {
         let created = client
@@ -144,7 +189,7 @@ pub async fn migrate(client: &mut Client) -> StoreResult<i32> {
             .await;
         match created {
             Err(e) if created_meanwhile(&e) => {}
-            other => other.map_err(backend)?,
+            other => other?,
         }
     }
     // One migrator at a time: they queue on the lock of row 0 (not a
@@ -154,40 +199,42 @@ pub async fn migrate(client: &mut Client) -> StoreResult<i32> {
             "INSERT INTO latchkey_migrations (version) VALUES (0) ON CONFLICT (version) DO NOTHING",
             &[],
         )
-        .await
-        .map_err(backend)?;
-    let txn = client.transaction().await.map_err(backend)?;
+        .await?;
+    // Read committed whatever the database's default: after the lock, the
+    // versions read must be those the previous migrator committed.
+    let txn = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::ReadCommitted)
+        .start()
+        .await?;
     txn.query_one(
         "SELECT version FROM latchkey_migrations WHERE version = 0 FOR UPDATE",
         &[],
     )
-    .await
-    .map_err(backend)?;
+    .await?;
     let current: i32 = txn
         .query_one(
             "SELECT COALESCE(MAX(version), 0) FROM latchkey_migrations",
             &[],
         )
-        .await
-        .map_err(backend)?
+        .await?
         .get(0);
     let newest = MIGRATIONS.last().map_or(0, |(v, _)| *v);
     if current > newest {
-        return Err(StoreError::Backend(format!(
+        return Ok(Err(StoreError::Backend(format!(
             "the database's schema is version {current}, newer than this latchkey knows ({newest}): \
              upgrade latchkey, or point it at another database"
-        )));
+        ))));
     }
     for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
-        txn.batch_execute(sql).await.map_err(backend)?;
+        txn.batch_execute(sql).await?;
         txn.execute(
             "INSERT INTO latchkey_migrations (version) VALUES ($1)",
             &[version],
         )
-        .await
-        .map_err(backend)?;
+        .await?;
         tracing::info!(version, "applied a schema migration");
     }
-    txn.commit().await.map_err(backend)?;
-    Ok(newest)
+    txn.commit().await?;
+    Ok(Ok(newest))
 }
