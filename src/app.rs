@@ -123,7 +123,7 @@ impl App {
             throttle,
             Clock::default(),
         )
-        .sharing_login_budgets(&config.signing.secret)
+        .sharing_limits(&config.signing.secret)
         .reloading_keys_for_unknown_kids(Arc::clone(&keys));
         for seed in &config.seed_users {
             let account = NewAccount {

@@ -21,7 +21,7 @@ use crate::store::{
     GlobalLogout, LogoutScope, NewSession, NewUser, RefreshOutcome, RevokeSessions, Store, User,
     UserChange,
 };
-use crate::throttle::shared::{Refused as SharedRefusal, SharedBudgets};
+use crate::throttle::shared::{Limit, Refused as SharedRefusal, SharedBudgets, SharedLimits};
 use crate::throttle::{SignupLimit, Throttle, ThrottlePolicy};
 use crate::tokens::{Profile, TokenKeys, TokenType};
 
@@ -119,6 +119,9 @@ pub struct Auth {
     /// With a store shared by several instances: the failure budgets kept
     /// in it, which every instance draws on.
     shared_budgets: Option<SharedBudgets>,
+    /// With a store shared by several instances: the sign-up and
+    /// email-change limits kept in it.
+    shared_limits: Option<SharedLimits>,
     /// With a store shared by several instances: the key set, reloaded at
     /// once for a token of a key this instance does not know yet.
     key_reloader: Option<Arc<crate::keys::manager::Keys>>,
@@ -188,6 +191,7 @@ impl Auth {
             throttle,
             shared_budgets: None,
             key_reloader: None,
+            shared_limits: None,
             clock,
             accounts,
         }
@@ -225,9 +229,15 @@ impl Auth {
             return Err(Error::RoleNotAllowed);
         }
         if let Some(address) = sign_up.client_address {
-            limit
-                .take(address, std::time::Instant::now())
-                .map_err(rate_limited)?;
+            match &self.shared_limits {
+                Some(shared) => shared
+                    .take(Limit::SignUp, limit.key_of(address), limit.per_hour())
+                    .await?
+                    .map_err(rate_limited)?,
+                None => limit
+                    .take(address, std::time::Instant::now())
+                    .map_err(rate_limited)?,
+            }
         }
         if self.store.user_by_email(&email).await?.is_some() {
             return Err(Error::EmailTaken);
@@ -359,9 +369,20 @@ impl Auth {
             return Err(Error::InvalidRequest("give name, email or both".into()));
         }
         if change.email.is_some() {
-            self.email_changes
-                .take_for_user(caller.user_id, std::time::Instant::now())
-                .map_err(rate_limited)?;
+            match &self.shared_limits {
+                Some(shared) => shared
+                    .take(
+                        Limit::EmailChange,
+                        u128::from(caller.user_id),
+                        EMAIL_CHANGES_PER_HOUR,
+                    )
+                    .await?
+                    .map_err(rate_limited)?,
+                None => self
+                    .email_changes
+                    .take_for_user(caller.user_id, std::time::Instant::now())
+                    .map_err(rate_limited)?,
+            }
         }
         let change = UserChange {
             email: change.email.as_deref().map(check_email).transpose()?,
@@ -491,11 +512,19 @@ impl Auth {
         }
     }
 
-    /// Keeps the failure budgets in the store as well, so that guesses
-    /// spread over several instances share one budget per account and per
-    /// address. `secret` (the same on every instance) keys the hashes that
-    /// name them.
-    pub fn sharing_login_budgets(mut self, secret: &crate::secrets::Secret) -> Self {
+    /// With a store shared by several instances, keeps the login failure
+    /// budgets and the sign-up and email-change limits in it as well, so
+    /// that attempts spread over the instances share one budget per account
+    /// and per address. `secret` (the same on every instance) keys the
+    /// hashes that name them.
+    pub fn sharing_limits(mut self, secret: &crate::secrets::Secret) -> Self {
+        if self.store.is_shared() {
+            self.shared_limits = Some(SharedLimits::new(
+                Arc::clone(&self.store),
+                secret,
+                self.clock.clone(),
+            ));
+        }
         if let Some(throttle) = &self.throttle {
             if self.store.is_shared() {
                 self.shared_budgets = Some(SharedBudgets::new(

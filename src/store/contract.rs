@@ -461,6 +461,38 @@ pub async fn restore(store: Arc<dyn Store>) {
     assert_eq!(first.id, 1, "ids start again");
 }
 
+/// Fixed windows shared by instances: `limit` events a window, then
+/// refused until it ends; a store of one process keeps none.
+pub async fn rate_windows(store: Arc<dyn Store>) {
+    let t = 5_000_000;
+    let (name, other) = ([9; 16], [8; 16]);
+    if !store.is_shared() {
+        for _ in 0..10 {
+            assert_eq!(
+                store.take_rate_window(name, 2, 1_000, t).await.unwrap(),
+                None
+            );
+        }
+        return;
+    }
+    let take = |name, now| {
+        let store = Arc::clone(&store);
+        async move { store.take_rate_window(name, 2, 1_000, now).await.unwrap() }
+    };
+    assert_eq!(take(name, t).await, None);
+    assert_eq!(take(name, t + 10).await, None);
+    assert_eq!(take(name, t + 20).await, Some(t + 1_000));
+    assert_eq!(
+        take(name, t + 999).await,
+        Some(t + 1_000),
+        "refusals do not count"
+    );
+    assert_eq!(take(other, t + 999).await, None, "each name its own");
+    assert_eq!(take(name, t + 1_000).await, None, "a new window");
+    assert_eq!(take(name, t + 1_500).await, None);
+    assert_eq!(take(name, t + 1_600).await, Some(t + 2_000));
+}
+
 /// Shared login failure budgets: a store of one process keeps none (the
 /// in-process throttle does); a shared one counts failures and running
 /// attempts exactly, across every caller.
@@ -677,6 +709,12 @@ macro_rules! store_contract_tests {
             async fn signing_keys() {
                 let (store, _keep) = $make.await;
                 $crate::store::contract::signing_keys(store).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn rate_windows() {
+                let (store, _keep) = $make.await;
+                $crate::store::contract::rate_windows(store).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -496,6 +496,21 @@ pub trait Store: Send + Sync + 'static {
     async fn shared_now(&self) -> StoreResult<Option<Millis>> {
         Ok(None)
     }
+    /// Counts one event of the fixed hourly (`window` ms) window named
+    /// `name` at `now`, if fewer than `limit` were counted in it: sign-ups
+    /// per address, email changes per user, shared by instances. `Ok(None)`
+    /// when counted, `Ok(Some(until))` when the window is full until then.
+    /// Only a shared store keeps windows (a store of one process leaves
+    /// them to the in-process limits).
+    async fn take_rate_window(
+        &self,
+        _name: [u8; 16],
+        _limit: u32,
+        _window: Millis,
+        _now: Millis,
+    ) -> StoreResult<Option<Millis>> {
+        Ok(None)
+    }
     /// Starts a login attempt on every claim at `now`, in one transaction:
     /// refused if one is blocked or busy (see [`login_attempt_may_start`]),
     /// else counted as running on all of them until it ends, for at most

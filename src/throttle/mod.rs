@@ -857,7 +857,7 @@ struct SignupWindows {
     by_start: BTreeSet<(Instant, Key)>,
 }
 
-const SIGNUP_WINDOW: Duration = Duration::from_secs(3600);
+pub(crate) const SIGNUP_WINDOW: Duration = Duration::from_secs(3600);
 
 impl SignupLimit {
     pub fn new(per_hour: u32, capacity: usize, ipv6_prefix: u8) -> Self {
@@ -867,6 +867,16 @@ impl SignupLimit {
             ipv6_prefix,
             windows: Mutex::new(SignupWindows::default()),
         }
+    }
+
+    /// The most sign-ups (or attempts) per key and hour.
+    pub fn per_hour(&self) -> u32 {
+        self.per_hour
+    }
+
+    /// The key `address` is counted under (IPv6 by network).
+    pub fn key_of(&self, address: IpAddr) -> u128 {
+        address_key(address, self.ipv6_prefix)
     }
 
     /// Counts one sign-up from `address` at `now`, or says how long to wait.

@@ -265,3 +265,66 @@ impl Drop for SharedAttempt {
         }
     }
 }
+
+/// What a shared rate window counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// Sign-ups (and attempts on taken emails) per client address.
+    SignUp,
+    /// Email changes per user.
+    EmailChange,
+}
+
+/// The hourly limits on sign-ups and email changes, kept in a store that
+/// several instances share (else each instance would allow its own hour's
+/// worth), on the database's clock.
+pub struct SharedLimits {
+    store: Arc<dyn Store>,
+    names: hmac::Key,
+    clock: Clock,
+}
+
+impl SharedLimits {
+    /// `secret` is the same on every instance, so the names are too.
+    pub fn new(store: Arc<dyn Store>, secret: &crate::secrets::Secret, clock: Clock) -> Self {
+        SharedLimits {
+            store,
+            names: hmac::Key::new(hmac::HMAC_SHA256, secret.bytes()),
+            clock,
+        }
+    }
+
+    /// Counts one `limit` event of `key` (an address key, a user id) if
+    /// fewer than `per_hour` were counted in its window; else says how
+    /// long to wait.
+    pub async fn take(
+        &self,
+        limit: Limit,
+        key: u128,
+        per_hour: u32,
+    ) -> Result<Result<(), Blocked>, StoreError> {
+        let mut context = hmac::Context::with_key(&self.names);
+        context.update(b"latchkey rate window\0");
+        context.update(match limit {
+            Limit::SignUp => b"sign-up\0".as_slice(),
+            Limit::EmailChange => b"email change\0".as_slice(),
+        });
+        context.update(&key.to_be_bytes());
+        let mut name = [0u8; 16];
+        name.copy_from_slice(&context.sign().as_ref()[..16]);
+        let now = now(&*self.store, &self.clock).await?;
+        let window = u64::try_from(super::SIGNUP_WINDOW.as_millis()).unwrap_or(u64::MAX);
+        Ok(
+            match self
+                .store
+                .take_rate_window(name, per_hour, window, now)
+                .await?
+            {
+                None => Ok(()),
+                Some(until) => Err(Blocked {
+                    retry_after: Duration::from_millis(until.saturating_sub(now)),
+                }),
+            },
+        )
+    }
+}

@@ -672,3 +672,30 @@ fn base64_url(text: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_ups_from_one_address_spread_over_two_instances_share_one_limit() {
+    let Some(database) = fresh_database().await else {
+        return;
+    };
+    let (servers, _dirs) = two_instances(
+        &database,
+        &["--registration", "open", "--registration-limit", "3"],
+    );
+    let mut statuses = Vec::new();
+    for n in 0..6 {
+        let answer = servers[n % 2]
+            .client
+            .post_json(
+                "/auth/register",
+                &serde_json::json!({ "email": format!("new{n}@example.com"), "password": "a-good-password", "name": "New" }),
+            )
+            .await;
+        statuses.push(answer.status.as_u16());
+    }
+    assert_eq!(
+        statuses,
+        [201, 201, 201, 429, 429, 429],
+        "three in all, not three each"
+    );
+}

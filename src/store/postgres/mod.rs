@@ -167,6 +167,9 @@ const ADVANCE_USER_IDS: &str = "SELECT setval('latchkey_user_ids', wanted - 1) F
              FROM latchkey_user_ids) AS next) AS ids \
      WHERE wanted > next";
 
+/// Rate windows older than this are over (they are hourly) and swept.
+const RATE_WINDOW_KEPT: u64 = 3_600_000;
+
 /// Most batches of forgotten login-budget rows one sweep deletes.
 const LOGIN_SWEEP_BATCHES: usize = 100;
 
@@ -1185,7 +1188,8 @@ impl Store for PgStore {
             let txn = client.transaction().await?;
             txn.batch_execute(
                 "TRUNCATE latchkey_sessions, latchkey_revocations, latchkey_users, \
-                     latchkey_signing_keys, latchkey_login_failures, latchkey_login_attempts; \
+                     latchkey_signing_keys, latchkey_login_failures, latchkey_login_attempts, \
+                     latchkey_rate_windows; \
                  UPDATE latchkey_counters SET value = CASE name \
                      WHEN 'revocation_next_seq' THEN 1 \
                      WHEN 'revocation_epoch' THEN (floor(random() * 9007199254740991))::BIGINT * 2 + 1 \
@@ -1306,6 +1310,35 @@ impl Store for PgStore {
                 .await?
                 .get(0);
             Ok(Some(uint(now)))
+        })
+    }
+
+    async fn take_rate_window(
+        &self,
+        name: [u8; 16],
+        limit: u32,
+        window: Millis,
+        now: Millis,
+    ) -> StoreResult<Option<Millis>> {
+        let limit = i32::try_from(limit).unwrap_or(i32::MAX - 1);
+        retrying!({
+            let client = self.pool.get().await?;
+            // One statement under the row's lock: instances cannot both
+            // take the last place.
+            let row = client
+                .query_one(
+                    "INSERT INTO latchkey_rate_windows AS w (name, started, count) \
+                     VALUES ($1, $2, 1) \
+                     ON CONFLICT (name) DO UPDATE SET \
+                         started = CASE WHEN w.started <= $2 - $3 THEN $2 ELSE w.started END, \
+                         count = CASE WHEN w.started <= $2 - $3 THEN 1 \
+                                      WHEN w.count < $4 THEN w.count + 1 ELSE $4 + 1 END \
+                     RETURNING started, count",
+                    &[&name.as_slice(), &int(now), &int(window), &limit],
+                )
+                .await?;
+            let (started, count): (i64, i32) = (row.get(0), row.get(1));
+            Ok((count > limit).then(|| uint(started).saturating_add(window)))
         })
     }
 
@@ -1496,6 +1529,22 @@ impl Store for PgStore {
                     )
                     .await?;
                 if expired < limit as u64 {
+                    break;
+                }
+            }
+            for _ in 0..LOGIN_SWEEP_BATCHES {
+                let ended = client
+                    .execute(
+                        &format!(
+                            "DELETE FROM latchkey_rate_windows WHERE name IN ( \
+                             SELECT name FROM latchkey_rate_windows \
+                             WHERE started < {DATABASE_NOW} - {RATE_WINDOW_KEPT} \
+                             LIMIT $1 FOR UPDATE SKIP LOCKED)"
+                        ),
+                        &[&int(limit as u64)],
+                    )
+                    .await?;
+                if ended < limit as u64 {
                     break;
                 }
             }
@@ -1736,7 +1785,8 @@ mod tests {
         revocation_log,
         restore,
         signing_keys,
-        login_budgets
+        login_budgets,
+        rate_windows
     );
 
     /// Instances starting together on an empty database all start.

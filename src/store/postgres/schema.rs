@@ -100,6 +100,15 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
         PRIMARY KEY (account, attempt)
     );
     CREATE INDEX latchkey_login_attempts_by_expiry ON latchkey_login_attempts (expires_at);
+    -- Fixed hourly windows shared by instances: sign-ups per address,
+    -- email changes per user (`name`: a keyed hash). `count` is `limit + 1`
+    -- once an event was refused.
+    CREATE TABLE latchkey_rate_windows (
+        name    BYTEA PRIMARY KEY,
+        started BIGINT NOT NULL,
+        count   INTEGER NOT NULL
+    );
+    CREATE INDEX latchkey_rate_windows_by_start ON latchkey_rate_windows (started);
     "#,
     ),
 ];
