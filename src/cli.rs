@@ -556,7 +556,7 @@ pub enum StoreCommand {
         to: String,
         /// Delete everything the target holds first (users, sessions, keys,
         /// the revocation log), instead of refusing a target that is not empty.
-        #[arg(long, visible_alias = "force")]
+        #[arg(long, visible_aliases = ["force", "overwrite"])]
         replace: bool,
     },
 }
