@@ -296,10 +296,10 @@ impl Auth {
         hint: Option<TokenType>,
     ) -> Result<Introspection, Error> {
         let now = self.clock.now_millis();
-        for kind in types_in_order(hint, TokenType::Access) {
-            let Ok(verified) = self.verify_token(token, kind).await else {
-                continue;
-            };
+        if let Some((kind, verified)) = self
+            .verify_as_one_of(token, types_in_order(hint, TokenType::Access))
+            .await
+        {
             let session = self
                 .store
                 .session(verified.session_id)
@@ -328,33 +328,32 @@ impl Auth {
     /// session; anything else changes nothing, and the caller is told
     /// nothing either way.
     pub async fn revoke_token(&self, token: &str, hint: Option<TokenType>) -> Result<(), Error> {
-        for kind in types_in_order(hint, TokenType::Refresh) {
-            if let Ok(verified) = self.verify_token(token, kind).await {
-                // Decided from a read first: a token of a session that has
-                // ended (anyone may send one, again and again) costs no write.
-                let live = self
-                    .store
-                    .session(verified.session_id)
-                    .await?
-                    .is_some_and(|s| {
-                        s.user_id == verified.user_id && s.is_live(self.clock.now_millis())
-                    });
-                if !live {
-                    return Ok(());
-                }
-                let revoked = self
-                    .store
-                    .revoke_session(
-                        verified.session_id,
-                        verified.user_id,
-                        self.clock.now_millis(),
-                    )
-                    .await?;
-                if revoked {
-                    tracing::info!(user_id = verified.user_id, session = ?verified.session_id, "session revoked through /oauth/revoke");
-                }
-                return Ok(());
-            }
+        let Some((_, verified)) = self
+            .verify_as_one_of(token, types_in_order(hint, TokenType::Refresh))
+            .await
+        else {
+            return Ok(());
+        };
+        // Decided from a read first: a token of a session that has ended
+        // (anyone may send one, again and again) costs no write.
+        let live = self
+            .store
+            .session(verified.session_id)
+            .await?
+            .is_some_and(|s| s.user_id == verified.user_id && s.is_live(self.clock.now_millis()));
+        if !live {
+            return Ok(());
+        }
+        let revoked = self
+            .store
+            .revoke_session(
+                verified.session_id,
+                verified.user_id,
+                self.clock.now_millis(),
+            )
+            .await?;
+        if revoked {
+            tracing::info!(user_id = verified.user_id, session = ?verified.session_id, "session revoked through /oauth/revoke");
         }
         Ok(())
     }
@@ -568,6 +567,37 @@ impl Auth {
             },
             other => other,
         }
+    }
+
+    /// The first of `kinds` that `token` verifies as, with the same second
+    /// look as [`Auth::verify_token`] (one reload for all kinds).
+    async fn verify_as_one_of(
+        &self,
+        token: &str,
+        kinds: [TokenType; 2],
+    ) -> Option<(TokenType, crate::tokens::Verified)> {
+        let failed_at = std::time::Instant::now();
+        let mut unknown_key = false;
+        for kind in kinds {
+            match self.keys.verify(token, kind, self.clock.now_secs()) {
+                Ok(verified) => return Some((kind, verified)),
+                Err(Error::InvalidToken(crate::tokens::UNKNOWN_KEY)) => unknown_key = true,
+                Err(_) => {}
+            }
+        }
+        let reloaded = match &self.key_reloader {
+            Some(keys) if unknown_key => keys.reload_for_unknown_key(failed_at).await,
+            _ => false,
+        };
+        if !reloaded {
+            return None;
+        }
+        kinds.into_iter().find_map(|kind| {
+            self.keys
+                .verify(token, kind, self.clock.now_secs())
+                .ok()
+                .map(|verified| (kind, verified))
+        })
     }
 
     /// The user whose password this is, under the throttle: a throttled

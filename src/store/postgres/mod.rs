@@ -159,6 +159,10 @@ fn id_from(bytes: &[u8]) -> StoreResult<u128> {
 /// questions shared by instances are decided by.
 const DATABASE_NOW: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::BIGINT";
 
+/// The same clock, read once per statement (stable, so that a `WHERE` on it
+/// can use an index): for sweeps.
+const DATABASE_NOW_STABLE: &str = "(extract(epoch FROM statement_timestamp()) * 1000)::BIGINT";
+
 /// Moves the user id sequence forward (never back) so that the next id is
 /// at least `$1` and above every stored id.
 const ADVANCE_USER_IDS: &str = "SELECT setval('latchkey_user_ids', wanted - 1) FROM ( \
@@ -1320,7 +1324,8 @@ impl Store for PgStore {
         window: Millis,
         now: Millis,
     ) -> StoreResult<Option<Millis>> {
-        let limit = i32::try_from(limit).unwrap_or(i32::MAX - 1);
+        // `limit + 1` must fit: it marks a refusal.
+        let limit = i32::try_from(limit.min(i32::MAX as u32 - 1)).unwrap_or(i32::MAX - 1);
         retrying!({
             let client = self.pool.get().await?;
             // One statement under the row's lock: instances cannot both
@@ -1332,7 +1337,8 @@ impl Store for PgStore {
                      ON CONFLICT (name) DO UPDATE SET \
                          started = CASE WHEN w.started <= $2 - $3 THEN $2 ELSE w.started END, \
                          count = CASE WHEN w.started <= $2 - $3 THEN 1 \
-                                      WHEN w.count < $4 THEN w.count + 1 ELSE $4 + 1 END \
+                                      WHEN w.count < $4 THEN w.count + 1 \
+                                      ELSE GREATEST(w.count, $4 + 1) END \
                      RETURNING started, count",
                     &[&name.as_slice(), &int(now), &int(window), &limit],
                 )
@@ -1377,13 +1383,14 @@ impl Store for PgStore {
                 )
                 .await?;
             for claim in claims {
-                let row = rows
+                // A row deleted between the insert and the lock (swept, or
+                // by an instance of the previous version) counts nothing.
+                let state = rows
                     .iter()
                     .find(|row| row.get::<_, &[u8]>(0) == claim.name.as_slice())
-                    .ok_or_else(|| {
-                        Failure::Fail(StoreError::Corrupt("a login budget row vanished".into()))
-                    })?;
-                let state = BudgetRow::read(row, claim.budget, now);
+                    .map_or_else(BudgetRow::default, |row| {
+                        BudgetRow::read(row, claim.budget, now)
+                    });
                 if state.blocked_until > now {
                     return Ok(LoginAdmission::Blocked {
                         until: state.blocked_until,
@@ -1523,7 +1530,7 @@ impl Store for PgStore {
                         &format!(
                             "DELETE FROM latchkey_login_attempts WHERE (account, attempt) IN ( \
                              SELECT account, attempt FROM latchkey_login_attempts \
-                             WHERE expires_at < {DATABASE_NOW} LIMIT $1 FOR UPDATE SKIP LOCKED)"
+                             WHERE expires_at < {DATABASE_NOW_STABLE} LIMIT $1 FOR UPDATE SKIP LOCKED)"
                         ),
                         &[&int(limit as u64)],
                     )
@@ -1538,7 +1545,7 @@ impl Store for PgStore {
                         &format!(
                             "DELETE FROM latchkey_rate_windows WHERE name IN ( \
                              SELECT name FROM latchkey_rate_windows \
-                             WHERE started < {DATABASE_NOW} - {RATE_WINDOW_KEPT} \
+                             WHERE started < {DATABASE_NOW_STABLE} - {RATE_WINDOW_KEPT} \
                              LIMIT $1 FOR UPDATE SKIP LOCKED)"
                         ),
                         &[&int(limit as u64)],
@@ -1553,7 +1560,7 @@ impl Store for PgStore {
                     .execute(
                         &format!("DELETE FROM latchkey_login_failures WHERE account IN ( \
                              SELECT account FROM latchkey_login_failures AS budget \
-                             WHERE last_failure < {DATABASE_NOW} - 3600000 AND blocked_until < {DATABASE_NOW} \
+                             WHERE last_failure < {DATABASE_NOW_STABLE} - 3600000 AND blocked_until < {DATABASE_NOW_STABLE} \
                                  AND NOT EXISTS (SELECT 1 FROM latchkey_login_attempts AS running \
                                      WHERE running.account = budget.account) \
                              LIMIT $1 FOR UPDATE SKIP LOCKED)"),
