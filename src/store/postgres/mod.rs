@@ -50,7 +50,19 @@ const CONNECT_WAIT: Duration = Duration::from_secs(5);
 /// transaction, can hold a request (and its connection) for long.
 const SESSION_LIMITS: &str = "-c lock_timeout=5s -c idle_in_transaction_session_timeout=30s";
 /// Attempts of one operation that keeps meeting serialization failures.
-const ATTEMPTS: usize = 8;
+const ATTEMPTS: usize = 12;
+
+/// The pause before attempt `attempts + 1`: doubling from about 1 ms, up to
+/// about 64 ms, with jitter, so that transactions that collided do not
+/// collide again in step (engines that run every transaction serializable
+/// refuse many more than PostgreSQL's read committed does).
+async fn retry_pause(attempts: usize) {
+    let mut jitter = [0u8; 1];
+    let _ = getrandom::fill(&mut jitter);
+    let base = 1u64 << attempts.saturating_sub(1).min(6);
+    let micros = base * 1000 / 2 + base * u64::from(jitter[0]) * 1000 / 512;
+    tokio::time::sleep(std::time::Duration::from_micros(micros)).await;
+}
 
 /// Why one attempt of an operation failed.
 enum Failure {
@@ -132,7 +144,7 @@ macro_rules! retrying {
             match attempt {
                 Ok(value) => break Ok(value),
                 Err(Failure::Fail(e)) => break Err(e),
-                Err(Failure::Retry) if attempts < ATTEMPTS => tokio::task::yield_now().await,
+                Err(Failure::Retry) if attempts < ATTEMPTS => retry_pause(attempts).await,
                 Err(Failure::Retry) => {
                     break Err(StoreError::Backend(
                         "PostgreSQL kept refusing the transaction as a serialization conflict"
