@@ -641,8 +641,9 @@ impl Store for PgStore {
         retrying!({
             let client = self.pool.get().await?;
             let sql = format!("SELECT {USER_COLUMNS} FROM latchkey_users WHERE email = $1");
+            let statement = client.prepare_cached(&sql).await?;
             Ok(client
-                .query_opt(&sql, &[&email])
+                .query_opt(&statement, &[&email])
                 .await?
                 .as_ref()
                 .map(user_from))
@@ -653,8 +654,9 @@ impl Store for PgStore {
         retrying!({
             let client = self.pool.get().await?;
             let sql = format!("SELECT {USER_COLUMNS} FROM latchkey_users WHERE id = $1");
+            let statement = client.prepare_cached(&sql).await?;
             Ok(client
-                .query_opt(&sql, &[&int(id)])
+                .query_opt(&statement, &[&int(id)])
                 .await?
                 .as_ref()
                 .map(user_from))
@@ -924,7 +926,10 @@ impl Store for PgStore {
         retrying!({
             let client = self.pool.get().await?;
             let sql = format!("SELECT {SESSION_COLUMNS} FROM latchkey_sessions WHERE id = $1");
-            match client.query_opt(&sql, &[&id_bytes(id.0)]).await? {
+            // Prepared once per connection: one round trip a check, not two
+            // (a statement given as text is parsed in a round trip of its own).
+            let statement = client.prepare_cached(&sql).await?;
+            match client.query_opt(&statement, &[&id_bytes(id.0)]).await? {
                 Some(row) => Ok(Some(session_from(&row)?.1)),
                 None => Ok(None),
             }
@@ -943,7 +948,8 @@ impl Store for PgStore {
                      u.id, u.email, u.name, u.role_id, u.password_hash, u.created_at, u.disabled \
                  FROM latchkey_sessions s LEFT JOIN latchkey_users u ON u.id = s.user_id \
                  WHERE s.id = $1";
-            let Some(row) = client.query_opt(sql, &[&id_bytes(id.0)]).await? else {
+            let statement = client.prepare_cached(sql).await?;
+            let Some(row) = client.query_opt(&statement, &[&id_bytes(id.0)]).await? else {
                 return Ok(None);
             };
             let (_, session) = session_from(&row)?;
