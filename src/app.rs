@@ -60,6 +60,7 @@ impl App {
         #[cfg(feature = "test-hooks")]
         let hooks = Arc::new(crate::test_hooks::TestHooks::default());
         let metrics = Arc::new(crate::metrics::Metrics::new(config.metrics_bind.is_some()));
+        let mut config = config;
         let (store, space): (Arc<dyn Store>, Arc<SpaceGuard>) = match &config.database {
             Some(url) => {
                 let store = PgStore::open(
@@ -68,6 +69,15 @@ impl App {
                     config.database_ca_file.as_deref(),
                 )
                 .await?;
+                if config.secret_from_database {
+                    // The first instance's candidate wins; the others read it.
+                    let candidate = config.signing.secret.bytes().to_vec();
+                    let kept = store
+                        .signing_secret_or(candidate)
+                        .await?
+                        .ok_or("the PostgreSQL store keeps no signing secret")?;
+                    config.signing.secret = crate::secrets::Secret::new(kept)?;
+                }
                 // The data folder holds only the admin socket: no reserve.
                 let space = Arc::new(SpaceGuard::new(&config.data, 0));
                 (Arc::new(store), space)

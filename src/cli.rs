@@ -543,8 +543,9 @@ pub enum UserCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum StoreCommand {
-    /// Copy users, sessions, signing keys and the revocation log from one
-    /// store to another, ids and all, so existing tokens keep working. Each
+    /// Copy users, sessions, signing keys, the revocation log and the
+    /// generated signing secret from one store to another, ids and all, so
+    /// existing tokens keep working. Each
     /// side is a redb file path or a postgres:// URL; the target must be
     /// empty unless --replace is given. Stop the servers of both first.
     Copy {

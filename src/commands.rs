@@ -456,6 +456,63 @@ async fn open_store(common: &CommonArgs, location: &str) -> Result<Arc<dyn Store
     Ok(Arc::new(RedbStore::open_at(&at).await?.0))
 }
 
+/// The signing secret that signed the source's refresh tokens, where the
+/// target's servers will find it: a PostgreSQL store keeps it (servers
+/// started on it without `--secret` use it); beside a redb file it is the
+/// generated `<name>.secret` (written if missing). A secret given with
+/// `--secret-file` is not known here: give the same to the new servers.
+/// Answers what to add to the report.
+async fn copy_signing_secret(
+    source: &dyn Store,
+    target: &dyn Store,
+    from: &str,
+    to: &str,
+) -> Result<&'static str, BoxError> {
+    let is_url = |s: &str| s.starts_with("postgres://") || s.starts_with("postgresql://");
+    let secret = if is_url(from) {
+        source.signing_secret().await?
+    } else {
+        match std::fs::read(crate::secrets::generated_secret_path(std::path::Path::new(
+            from,
+        ))) {
+            Ok(bytes) => Some(bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(format!("cannot read the source's secret file: {e}").into()),
+        }
+    };
+    let Some(secret) = secret else {
+        return Ok("");
+    };
+    if is_url(to) {
+        target.set_signing_secret(secret).await?;
+        return Ok(" and the signing secret");
+    }
+    let path = crate::secrets::generated_secret_path(std::path::Path::new(to));
+    match std::fs::read(&path) {
+        Ok(existing) if existing == secret => Ok(" and the signing secret"),
+        Ok(_) => {
+            eprintln!(
+                "warning: {} holds another secret: servers on the copy need the source's (--secret-file)",
+                path.display()
+            );
+            Ok("")
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)?;
+            file.write_all(&secret)?;
+            file.sync_all()?;
+            Ok(" and the signing secret")
+        }
+        Err(e) => Err(format!("cannot read {}: {e}", path.display()).into()),
+    }
+}
+
 /// `store copy --from A --to B [--replace]`: every record, ids and all, in
 /// pages.
 pub async fn store_copy(
@@ -507,6 +564,7 @@ pub async fn store_copy(
     {
         return Err("the target's signing keys changed during the copy".into());
     }
+    let secret = copy_signing_secret(&*source, &*target, from, to).await?;
     let mut users = 0;
     let mut after = None;
     loop {
@@ -545,7 +603,7 @@ pub async fn store_copy(
         target.restore(Restore::Revocations(page.entries)).await?;
     }
     println!(
-        "copied {users} users, {sessions} sessions, {revocations} revocations and {copied_keys} signing keys"
+        "copied {users} users, {sessions} sessions, {revocations} revocations and {copied_keys} signing keys{secret}"
     );
     Ok(())
 }

@@ -229,6 +229,9 @@ pub struct ServeConfig {
     pub database: Option<String>,
     /// Connections kept to PostgreSQL.
     pub database_pool: usize,
+    /// `signing.secret` is to be replaced by the secret kept in the
+    /// database (with `--database` and no `--secret` or `--secret-file`).
+    pub secret_from_database: bool,
     /// Certificates trusted for TLS to PostgreSQL, besides the system's.
     pub database_ca_file: Option<PathBuf>,
     /// The secret, the signing algorithm and keys, issuer and audiences.
@@ -301,6 +304,7 @@ impl ServeConfig {
             min_free_bytes: store_location(common).min_free_bytes,
             database: database_url(common)?,
             database_pool: args.database_pool as usize,
+            secret_from_database: secret_from_database(common, args)?,
             database_ca_file: common.database_ca_file.clone(),
             signing,
             lifetimes,
@@ -488,6 +492,15 @@ pub fn database_url(common: &CommonArgs) -> Result<Option<String>, ConfigError> 
     }
 }
 
+/// With `--database` and neither `--secret` nor `--secret-file`, the
+/// signing secret is the one kept in the database (made by the first
+/// instance), so that every instance signs with the same.
+fn secret_from_database(common: &CommonArgs, args: &ServeArgs) -> Result<bool, ConfigError> {
+    Ok(database_url(common)?.is_some()
+        && args.secret.secret.is_none()
+        && args.secret.secret_file.is_none())
+}
+
 fn signing_config(common: &CommonArgs, args: &ServeArgs) -> Result<SigningConfig, ConfigError> {
     use crate::cli::SigningAlgArg;
     let signing = &args.signing;
@@ -536,18 +549,20 @@ fn signing_config(common: &CommonArgs, args: &ServeArgs) -> Result<SigningConfig
         .map(|a| a.trim().to_string())
         .filter(|a| !a.is_empty())
         .collect();
-    if database_url(common)?.is_some()
-        && args.secret.secret.is_none()
-        && args.secret.secret_file.is_none()
-    {
-        return err(
-            "with --database, give --secret-file (or --secret): every instance on the database \
-             must sign and verify refresh tokens with the same secret",
-        );
-    }
+    let secret = if secret_from_database(common, args)? {
+        // Replaced by the database's secret once the store is open (see
+        // `ServeConfig::secret_from_database`); random meanwhile, so that
+        // it is worth nothing if anything used it.
+        let mut bytes = vec![0u8; crate::secrets::MIN_SECRET_BYTES];
+        getrandom::fill(&mut bytes)
+            .map_err(|e| ConfigError(format!("no randomness available: {e}")))?;
+        crate::secrets::Secret::new(bytes)?
+    } else {
+        resolve_secret(&common.data, &args.secret)?
+    };
     Ok(SigningConfig {
         alg,
-        secret: resolve_secret(&common.data, &args.secret)?,
+        secret,
         previous_secrets: resolve_previous_secrets(signing, insecure)?,
         key_file,
         issuer,

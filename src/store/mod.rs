@@ -490,6 +490,23 @@ pub trait Store: Send + Sync + 'static {
     fn is_shared(&self) -> bool {
         false
     }
+    /// The signing secret kept in the store, if it keeps one (a shared
+    /// store does, so that instances started without `--secret` agree; the
+    /// redb file's generated secret is a file beside it instead).
+    async fn signing_secret(&self) -> StoreResult<Option<Vec<u8>>> {
+        Ok(None)
+    }
+    /// The signing secret kept in the store, `candidate` becoming it if
+    /// none is kept yet (instances starting together all get the one that
+    /// won). `None` for a store that keeps no secret.
+    async fn signing_secret_or(&self, _candidate: Vec<u8>) -> StoreResult<Option<Vec<u8>>> {
+        Ok(None)
+    }
+    /// Keeps `secret` as the store's signing secret (`store copy`); false
+    /// for a store that keeps none.
+    async fn set_signing_secret(&self, _secret: Vec<u8>) -> StoreResult<bool> {
+        Ok(false)
+    }
     /// The time shared by every process of a shared store (the database's
     /// clock), for decisions several instances must agree on; `None` for a
     /// store of one process (its own clock is the one).

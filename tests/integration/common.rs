@@ -46,6 +46,7 @@ pub fn test_config(data: &Path) -> ServeConfig {
         min_free_bytes: 0,
         database: None,
         database_pool: 16,
+        secret_from_database: false,
         database_ca_file: None,
         signing: latchkey::keys::SigningConfig::hs256(
             Secret::new(SECRET.as_bytes().to_vec()).unwrap(),

@@ -699,3 +699,39 @@ async fn sign_ups_from_one_address_spread_over_two_instances_share_one_limit() {
         "three in all, not three each"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_secret_flag_the_instances_share_the_secret_kept_in_the_database() {
+    let Some(database) = fresh_database().await else {
+        return;
+    };
+    // A server on a redb file with its generated secret, then moved.
+    let (_dir, data) = data_dir();
+    let file = data.join("latchkey.redb").display().to_string();
+    let server = ServerProcess::start(&data, &["--seed-user", SEED]);
+    let before = login(&server.client, "mo@example.com", None).await;
+    assert_eq!(server.terminate().code(), Some(0));
+    let copied = run_cli(&["store", "copy", "--from", &file, "--to", &database], "");
+    assert!(copied.status.success(), "{copied:?}");
+    assert!(
+        String::from_utf8_lossy(&copied.stdout).contains("signing secret"),
+        "{copied:?}"
+    );
+    // Two instances started without --secret: the copied secret, shared.
+    let mut servers = Vec::new();
+    let mut dirs = Vec::new();
+    for _ in 0..2 {
+        let (dir, data) = data_dir();
+        servers.push(ServerProcess::start(
+            &data,
+            &["--database", &database, "--no-admin-socket"],
+        ));
+        dirs.push(dir);
+    }
+    let moved = servers[1].client.refresh(&before.refresh).await;
+    assert_eq!(moved.status, 200, "{}", moved.text);
+    let fresh = login(&servers[0].client, "mo@example.com", None).await;
+    let across = servers[1].client.refresh(&fresh.refresh).await;
+    assert_eq!(across.status, 200, "{}", across.text);
+    assert_eq!(servers[1].client.profile(&fresh.access).await.status, 200);
+}

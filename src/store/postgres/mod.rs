@@ -1211,7 +1211,7 @@ impl Store for PgStore {
             txn.batch_execute(
                 "TRUNCATE latchkey_sessions, latchkey_revocations, latchkey_users, \
                      latchkey_signing_keys, latchkey_login_failures, latchkey_login_attempts, \
-                     latchkey_rate_windows; \
+                     latchkey_rate_windows, latchkey_secret; \
                  UPDATE latchkey_counters SET value = CASE name \
                      WHEN 'revocation_next_seq' THEN 1 \
                      WHEN 'revocation_epoch' THEN (floor(random() * 9007199254740991))::BIGINT * 2 + 1 \
@@ -1322,6 +1322,47 @@ impl Store for PgStore {
 
     fn is_shared(&self) -> bool {
         true
+    }
+
+    async fn signing_secret(&self) -> StoreResult<Option<Vec<u8>>> {
+        retrying!({
+            let client = self.pool.get().await?;
+            Ok(client
+                .query_opt("SELECT secret FROM latchkey_secret WHERE id = 1", &[])
+                .await?
+                .map(|row| row.get(0)))
+        })
+    }
+
+    async fn signing_secret_or(&self, candidate: Vec<u8>) -> StoreResult<Option<Vec<u8>>> {
+        retrying!({
+            let client = self.pool.get().await?;
+            client
+                .execute(
+                    "INSERT INTO latchkey_secret (id, secret) VALUES (1, $1) \
+                     ON CONFLICT (id) DO NOTHING",
+                    &[&candidate],
+                )
+                .await?;
+            let row = client
+                .query_one("SELECT secret FROM latchkey_secret WHERE id = 1", &[])
+                .await?;
+            Ok(Some(row.get(0)))
+        })
+    }
+
+    async fn set_signing_secret(&self, secret: Vec<u8>) -> StoreResult<bool> {
+        retrying!({
+            let client = self.pool.get().await?;
+            client
+                .execute(
+                    "INSERT INTO latchkey_secret (id, secret) VALUES (1, $1) \
+                     ON CONFLICT (id) DO UPDATE SET secret = EXCLUDED.secret",
+                    &[&secret],
+                )
+                .await?;
+            Ok(true)
+        })
     }
 
     async fn shared_now(&self) -> StoreResult<Option<Millis>> {

@@ -111,6 +111,17 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
     CREATE INDEX latchkey_rate_windows_by_start ON latchkey_rate_windows (started);
     "#,
     ),
+    (
+        4,
+        r#"
+    -- The signing secret of instances started without --secret: made by
+    -- the first, read by the others (one row).
+    CREATE TABLE latchkey_secret (
+        id     INTEGER PRIMARY KEY CHECK (id = 1),
+        secret BYTEA NOT NULL
+    );
+    "#,
+    ),
 ];
 
 fn backend(e: tokio_postgres::Error) -> StoreError {
