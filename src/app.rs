@@ -47,6 +47,37 @@ pub struct App {
     pub hooks: Arc<crate::test_hooks::TestHooks>,
 }
 
+/// The signing secret kept in the database, made from `candidate` by the
+/// first instance (the others read it). Refused when the database has
+/// sessions but no secret: their tokens were signed with a `--secret-file`
+/// that this instance was not given, and a new secret would split the
+/// instances (and log everybody out).
+async fn secret_kept_in(
+    store: &PgStore,
+    candidate: &crate::secrets::Secret,
+) -> Result<crate::secrets::Secret, Box<dyn std::error::Error + Send + Sync>> {
+    if store.signing_secret().await?.is_none() && store.count_sessions().await? > 0 {
+        return Err(
+            "the database holds sessions but no signing secret: its servers were given \
+             --secret-file (or --secret); give this one the same"
+                .into(),
+        );
+    }
+    let kept = store
+        .signing_secret_or(candidate.bytes().to_vec())
+        .await?
+        .ok_or("the PostgreSQL store keeps no signing secret")?;
+    let made_here = kept == candidate.bytes();
+    let kept = crate::secrets::Secret::new(kept).map_err(|e| {
+        format!("the signing secret kept in the database (latchkey_secret) is unusable: {e}")
+    })?;
+    tracing::info!(
+        made_here,
+        "signing with the secret kept in the database (no --secret or --secret-file)"
+    );
+    Ok(kept)
+}
+
 impl App {
     /// Opens the database, prepares keys and the hasher, and seeds users.
     pub async fn start(
@@ -70,13 +101,7 @@ impl App {
                 )
                 .await?;
                 if config.secret_from_database {
-                    // The first instance's candidate wins; the others read it.
-                    let candidate = config.signing.secret.bytes().to_vec();
-                    let kept = store
-                        .signing_secret_or(candidate)
-                        .await?
-                        .ok_or("the PostgreSQL store keeps no signing secret")?;
-                    config.signing.secret = crate::secrets::Secret::new(kept)?;
+                    config.signing.secret = secret_kept_in(&store, &config.signing.secret).await?;
                 }
                 // The data folder holds only the admin socket: no reserve.
                 let space = Arc::new(SpaceGuard::new(&config.data, 0));

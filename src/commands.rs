@@ -462,24 +462,41 @@ async fn open_store(common: &CommonArgs, location: &str) -> Result<Arc<dyn Store
 /// generated `<name>.secret` (written if missing). A secret given with
 /// `--secret-file` is not known here: give the same to the new servers.
 /// Answers what to add to the report.
-async fn copy_signing_secret(
+async fn source_signing_secret(
     source: &dyn Store,
-    target: &dyn Store,
     from: &str,
-    to: &str,
-) -> Result<&'static str, BoxError> {
+) -> Result<Option<Vec<u8>>, BoxError> {
     let is_url = |s: &str| s.starts_with("postgres://") || s.starts_with("postgresql://");
     let secret = if is_url(from) {
         source.signing_secret().await?
     } else {
-        match std::fs::read(crate::secrets::generated_secret_path(std::path::Path::new(
-            from,
-        ))) {
+        let path = crate::secrets::generated_secret_path(std::path::Path::new(from));
+        match std::fs::read(path) {
             Ok(bytes) => Some(bytes),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(format!("cannot read the source's secret file: {e}").into()),
         }
     };
+    if let Some(secret) = &secret {
+        crate::secrets::Secret::new(secret.clone())
+            .map_err(|e| format!("the source's signing secret is unusable: {e}"))?;
+    } else {
+        eprintln!(
+            "warning: the source keeps no generated signing secret (its servers were given \
+             --secret-file or --secret): give the target's servers the same"
+        );
+    }
+    Ok(secret)
+}
+
+/// Writes `secret` (read by [`source_signing_secret`]) where the target's
+/// servers find it.
+async fn copy_signing_secret(
+    secret: Option<Vec<u8>>,
+    target: &dyn Store,
+    to: &str,
+) -> Result<&'static str, BoxError> {
+    let is_url = |s: &str| s.starts_with("postgres://") || s.starts_with("postgresql://");
     let Some(secret) = secret else {
         return Ok("");
     };
@@ -536,6 +553,8 @@ pub async fn store_copy(
     if source.revocations(None, 0).await?.epoch == target.revocations(None, 0).await?.epoch {
         return Err("the source and the target are the same store".into());
     }
+    // Read before the target is touched: an unreadable one changes nothing.
+    let secret = source_signing_secret(&*source, from).await?;
     // An empty source is a mistake (a wrong file or database): copying it
     // would only replace the target's keys, or with --replace, everything.
     if source.is_empty().await? {
@@ -564,7 +583,7 @@ pub async fn store_copy(
     {
         return Err("the target's signing keys changed during the copy".into());
     }
-    let secret = copy_signing_secret(&*source, &*target, from, to).await?;
+    let secret = copy_signing_secret(secret, &*target, to).await?;
     let mut users = 0;
     let mut after = None;
     loop {

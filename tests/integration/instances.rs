@@ -735,3 +735,22 @@ async fn without_a_secret_flag_the_instances_share_the_secret_kept_in_the_databa
     assert_eq!(across.status, 200, "{}", across.text);
     assert_eq!(servers[1].client.profile(&fresh.access).await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_without_the_secret_file_of_the_others_is_refused() {
+    let Some(database) = fresh_database().await else {
+        return;
+    };
+    let (servers, _dirs) = two_instances(&database, &[]);
+    login(&servers[0].client, "mo@example.com", None).await;
+    // Their sessions were signed with --secret: a new secret in the
+    // database would split the instances and log everybody out.
+    let (_dir, data) = data_dir();
+    let db = data.join("latchkey.redb").display().to_string();
+    let refused = run_failing_serve(&db, &["--database", &database, "--no-admin-socket"]);
+    assert!(!refused.status.success(), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("holds sessions but no signing secret"),
+        "{refused:?}"
+    );
+}
