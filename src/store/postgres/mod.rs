@@ -189,6 +189,22 @@ const RATE_WINDOW_KEPT: u64 = 3_600_000;
 /// Most batches of forgotten login-budget rows one sweep deletes.
 const LOGIN_SWEEP_BATCHES: usize = 100;
 
+/// Runs `delete` (a `DELETE` of at most `$1` rows, each batch its own short
+/// transaction) until a batch deletes fewer than `limit`, at most
+/// [`LOGIN_SWEEP_BATCHES`] times.
+async fn delete_in_batches(
+    client: &deadpool_postgres::Client,
+    delete: &str,
+    limit: usize,
+) -> Attempt<()> {
+    for _ in 0..LOGIN_SWEEP_BATCHES {
+        if client.execute(delete, &[&int(limit as u64)]).await? < limit as u64 {
+            break;
+        }
+    }
+    Ok(())
+}
+
 /// A budget's row as it counts at `now`: failures older than the
 /// budget's `forget_after` no longer count.
 #[derive(Debug, Default, Clone, Copy)]
@@ -198,7 +214,37 @@ struct BudgetRow {
     blocked_until: Millis,
 }
 
+/// The budget rows of `names` (sorted), made if missing and locked in name
+/// order: instances cannot both take one attempt's place, nor deadlock
+/// over two claims.
+async fn lock_budget_rows(txn: &Txn<'_>, names: &[Vec<u8>]) -> Attempt<Vec<Row>> {
+    txn.execute(
+        "INSERT INTO latchkey_login_failures (account, failures, last_failure) \
+         SELECT unnest($1::BYTEA[]), 0, 0 ON CONFLICT (account) DO NOTHING",
+        &[&names],
+    )
+    .await?;
+    Ok(txn
+        .query(
+            "SELECT account, failures, last_failure, blocked_until \
+             FROM latchkey_login_failures WHERE account = ANY($1) ORDER BY account FOR UPDATE",
+            &[&names],
+        )
+        .await?)
+}
+
 impl BudgetRow {
+    /// `claim`'s row among `rows` (of [`lock_budget_rows`]). A row deleted
+    /// between the insert and the lock (swept, or by an instance of the
+    /// previous version) counts nothing; a failure still counts.
+    fn of(rows: &[Row], claim: &LoginClaim, now: Millis) -> BudgetRow {
+        rows.iter()
+            .find(|row| row.get::<_, &[u8]>(0) == claim.name.as_slice())
+            .map_or_else(BudgetRow::default, |row| {
+                BudgetRow::read(row, claim.budget, now)
+            })
+    }
+
     fn read(row: &Row, budget: LoginBudget, now: Millis) -> BudgetRow {
         let last_failure = uint(row.get(2));
         let forgotten = last_failure < now.saturating_sub(budget.forget_after);
@@ -1419,21 +1465,7 @@ impl Store for PgStore {
         retrying!({
             let mut client = self.pool.get().await?;
             let txn = client.transaction().await?;
-            // Budget rows locked in name order: instances cannot both admit
-            // one attempt's place, nor deadlock over two claims.
-            txn.execute(
-                "INSERT INTO latchkey_login_failures (account, failures, last_failure) \
-                 SELECT unnest($1::BYTEA[]), 0, 0 ON CONFLICT (account) DO NOTHING",
-                &[&names],
-            )
-            .await?;
-            let rows = txn
-                .query(
-                    "SELECT account, failures, last_failure, blocked_until \
-                     FROM latchkey_login_failures WHERE account = ANY($1) ORDER BY account FOR UPDATE",
-                    &[&names],
-                )
-                .await?;
+            let rows = lock_budget_rows(&txn, &names).await?;
             let running = txn
                 .query(
                     "SELECT account, count(*) FROM latchkey_login_attempts \
@@ -1442,14 +1474,7 @@ impl Store for PgStore {
                 )
                 .await?;
             for claim in claims {
-                // A row deleted between the insert and the lock (swept, or
-                // by an instance of the previous version) counts nothing.
-                let state = rows
-                    .iter()
-                    .find(|row| row.get::<_, &[u8]>(0) == claim.name.as_slice())
-                    .map_or_else(BudgetRow::default, |row| {
-                        BudgetRow::read(row, claim.budget, now)
-                    });
+                let state = BudgetRow::of(&rows, claim, now);
                 if state.blocked_until > now {
                     return Ok(LoginAdmission::Blocked {
                         until: state.blocked_until,
@@ -1494,21 +1519,7 @@ impl Store for PgStore {
         retrying!({
             let mut client = self.pool.get().await?;
             let txn = client.transaction().await?;
-            // As in begin: rows made (if swept meanwhile) and locked in name
-            // order.
-            txn.execute(
-                "INSERT INTO latchkey_login_failures (account, failures, last_failure) \
-                 SELECT unnest($1::BYTEA[]), 0, 0 ON CONFLICT (account) DO NOTHING",
-                &[&names],
-            )
-            .await?;
-            let rows = txn
-                .query(
-                    "SELECT account, failures, last_failure, blocked_until \
-                     FROM latchkey_login_failures WHERE account = ANY($1) ORDER BY account FOR UPDATE",
-                    &[&names],
-                )
-                .await?;
+            let rows = lock_budget_rows(&txn, &names).await?;
             txn.execute(
                 "DELETE FROM latchkey_login_attempts WHERE account = ANY($1) AND attempt = $2",
                 &[&names, &id_bytes(attempt)],
@@ -1516,15 +1527,7 @@ impl Store for PgStore {
             .await?;
             let mut blocks = Vec::with_capacity(ends.len());
             for (claim, end) in ends {
-                let mut state = match rows
-                    .iter()
-                    .find(|row| row.get::<_, &[u8]>(0) == claim.name.as_slice())
-                {
-                    Some(row) => BudgetRow::read(row, claim.budget, now),
-                    // Swept meanwhile (an attempt that outlived its lease):
-                    // a failure still counts.
-                    None => BudgetRow::default(),
-                };
+                let mut state = BudgetRow::of(&rows, claim, now);
                 let mut block = None;
                 match end {
                     LoginEnd::Released => {}
@@ -1583,53 +1586,41 @@ impl Store for PgStore {
             // forgotten after an hour: the throttle's `forget_after`; rows
             // of successes only at once), each in bounded batches until
             // none is left, so the tables hold about one hour of failures.
-            for _ in 0..LOGIN_SWEEP_BATCHES {
-                let expired = client
-                    .execute(
-                        &format!(
-                            "DELETE FROM latchkey_login_attempts WHERE (account, attempt) IN ( \
-                             SELECT account, attempt FROM latchkey_login_attempts \
-                             WHERE expires_at < {DATABASE_NOW_STABLE} LIMIT $1 FOR UPDATE SKIP LOCKED)"
-                        ),
-                        &[&int(limit as u64)],
-                    )
-                    .await?;
-                if expired < limit as u64 {
-                    break;
-                }
-            }
-            for _ in 0..LOGIN_SWEEP_BATCHES {
-                let ended = client
-                    .execute(
-                        &format!(
-                            "DELETE FROM latchkey_rate_windows WHERE name IN ( \
-                             SELECT name FROM latchkey_rate_windows \
-                             WHERE started < {DATABASE_NOW_STABLE} - {RATE_WINDOW_KEPT} \
-                             LIMIT $1 FOR UPDATE SKIP LOCKED)"
-                        ),
-                        &[&int(limit as u64)],
-                    )
-                    .await?;
-                if ended < limit as u64 {
-                    break;
-                }
-            }
-            for _ in 0..LOGIN_SWEEP_BATCHES {
-                let forgotten = client
-                    .execute(
-                        &format!("DELETE FROM latchkey_login_failures WHERE account IN ( \
-                             SELECT account FROM latchkey_login_failures AS budget \
-                             WHERE last_failure < {DATABASE_NOW_STABLE} - 3600000 AND blocked_until < {DATABASE_NOW_STABLE} \
-                                 AND NOT EXISTS (SELECT 1 FROM latchkey_login_attempts AS running \
-                                     WHERE running.account = budget.account) \
-                             LIMIT $1 FOR UPDATE SKIP LOCKED)"),
-                        &[&int(limit as u64)],
-                    )
-                    .await?;
-                if forgotten < limit as u64 {
-                    break;
-                }
-            }
+            delete_in_batches(
+                &client,
+                &format!(
+                    "DELETE FROM latchkey_login_attempts WHERE (account, attempt) IN ( \
+                     SELECT account, attempt FROM latchkey_login_attempts \
+                     WHERE expires_at < {DATABASE_NOW_STABLE} LIMIT $1 FOR UPDATE SKIP LOCKED)"
+                ),
+                limit,
+            )
+            .await?;
+            delete_in_batches(
+                &client,
+                &format!(
+                    "DELETE FROM latchkey_rate_windows WHERE name IN ( \
+                     SELECT name FROM latchkey_rate_windows \
+                     WHERE started < {DATABASE_NOW_STABLE} - {RATE_WINDOW_KEPT} \
+                     LIMIT $1 FOR UPDATE SKIP LOCKED)"
+                ),
+                limit,
+            )
+            .await?;
+            delete_in_batches(
+                &client,
+                &format!(
+                    "DELETE FROM latchkey_login_failures WHERE account IN ( \
+                     SELECT account FROM latchkey_login_failures AS budget \
+                     WHERE last_failure < {DATABASE_NOW_STABLE} - 3600000 \
+                         AND blocked_until < {DATABASE_NOW_STABLE} \
+                         AND NOT EXISTS (SELECT 1 FROM latchkey_login_attempts AS running \
+                             WHERE running.account = budget.account) \
+                     LIMIT $1 FOR UPDATE SKIP LOCKED)"
+                ),
+                limit,
+            )
+            .await?;
             Ok(deleted as usize)
         })
     }

@@ -61,8 +61,9 @@ use crate::session::{
 };
 use file::Opener;
 use records::{
-    decode_user, delete_session, encode_user, end_session, log_revocation, put_session,
-    read_session, read_session_in_write, read_user, read_user_in_write, session_ids_of_user,
+    decode_user, delete_session, encode_user, end_session, insert_session, log_revocation,
+    put_session, read_session, read_session_in_write, read_user, read_user_in_write,
+    session_ids_of_user,
 };
 use writer::{run_writer, Pending, WriteJob};
 
@@ -719,15 +720,7 @@ impl Store for RedbStore {
                 return Ok(NewSession::UserChanged);
             }
             let capped = make_room_for_a_session(txn, &session, max_live)?;
-            put_session(txn, id, &session)?;
-            txn.open_table(USER_SESSIONS)
-                .map_err(backend)?
-                .insert((session.user_id, id.0), ())
-                .map_err(backend)?;
-            txn.open_table(SESSION_EXPIRY)
-                .map_err(backend)?
-                .insert((session.expires_at, id.0), ())
-                .map_err(backend)?;
+            insert_session(txn, id, &session)?;
             Ok(NewSession::Created { capped })
         })
         .await

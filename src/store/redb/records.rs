@@ -175,6 +175,25 @@ pub(super) fn put_session(
     Ok(())
 }
 
+/// Stores a new session with its entries in the by-user and by-expiry
+/// indexes (the counterpart of [`delete_session`]).
+pub(super) fn insert_session(
+    txn: &WriteTransaction,
+    id: SessionId,
+    session: &Session,
+) -> StoreResult<()> {
+    put_session(txn, id, session)?;
+    txn.open_table(USER_SESSIONS)
+        .map_err(backend)?
+        .insert((session.user_id, id.0), ())
+        .map_err(backend)?;
+    txn.open_table(SESSION_EXPIRY)
+        .map_err(backend)?
+        .insert((session.expires_at, id.0), ())
+        .map_err(backend)?;
+    Ok(())
+}
+
 pub(super) fn delete_session(
     txn: &WriteTransaction,
     id: u128,
@@ -528,16 +547,8 @@ pub(super) fn restore(txn: &WriteTransaction, batch: crate::store::Restore) -> S
             meta.insert(super::NEXT_USER_ID, next).map_err(backend)?;
         }
         Restore::Sessions(sessions) => {
-            let mut by_user = txn.open_table(USER_SESSIONS).map_err(backend)?;
-            let mut by_expiry = txn.open_table(SESSION_EXPIRY).map_err(backend)?;
             for (id, session) in sessions {
-                put_session(txn, id, &session)?;
-                by_user
-                    .insert((session.user_id, id.0), ())
-                    .map_err(backend)?;
-                by_expiry
-                    .insert((session.expires_at, id.0), ())
-                    .map_err(backend)?;
+                insert_session(txn, id, &session)?;
             }
         }
         Restore::Revocations(entries) => {
