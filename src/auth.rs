@@ -559,13 +559,22 @@ impl Auth {
     ) -> Result<crate::tokens::Verified, Error> {
         let failed_at = std::time::Instant::now();
         match self.keys.verify(token, kind, self.clock.now_secs()) {
-            Err(Error::InvalidToken(crate::tokens::UNKNOWN_KEY)) => match &self.key_reloader {
-                Some(keys) if keys.reload_for_unknown_key(failed_at).await => {
-                    self.keys.verify(token, kind, self.clock.now_secs())
-                }
-                _ => Err(Error::InvalidToken(crate::tokens::UNKNOWN_KEY)),
-            },
+            Err(Error::InvalidToken(crate::tokens::UNKNOWN_KEY))
+                if self.keys_reloaded_since(failed_at).await =>
+            {
+                self.keys.verify(token, kind, self.clock.now_secs())
+            }
             other => other,
+        }
+    }
+
+    /// With a shared store, whether the key set may have changed since a
+    /// token of an unknown key failed at `failed_at` (a reload started
+    /// after it; see `Keys::reload_for_unknown_key`).
+    async fn keys_reloaded_since(&self, failed_at: std::time::Instant) -> bool {
+        match &self.key_reloader {
+            Some(keys) => keys.reload_for_unknown_key(failed_at).await,
+            None => false,
         }
     }
 
@@ -585,11 +594,7 @@ impl Auth {
                 Err(_) => {}
             }
         }
-        let reloaded = match &self.key_reloader {
-            Some(keys) if unknown_key => keys.reload_for_unknown_key(failed_at).await,
-            _ => false,
-        };
-        if !reloaded {
+        if !unknown_key || !self.keys_reloaded_since(failed_at).await {
             return None;
         }
         kinds.into_iter().find_map(|kind| {

@@ -445,7 +445,7 @@ pub async fn keys_command(common: &CommonArgs, command: KeysCommand) -> Result<(
 
 /// A store named on the command line: a postgres:// URL or a redb file.
 async fn open_store(common: &CommonArgs, location: &str) -> Result<Arc<dyn Store>, BoxError> {
-    if location.starts_with("postgres://") || location.starts_with("postgresql://") {
+    if config::is_database_url(location) {
         return Ok(Arc::new(
             PgStore::open(location, 4, common.database_ca_file.as_deref()).await?,
         ));
@@ -466,8 +466,7 @@ async fn source_signing_secret(
     source: &dyn Store,
     from: &str,
 ) -> Result<Option<Vec<u8>>, BoxError> {
-    let is_url = |s: &str| s.starts_with("postgres://") || s.starts_with("postgresql://");
-    let secret = if is_url(from) {
+    let secret = if config::is_database_url(from) {
         source.signing_secret().await?
     } else {
         let path = crate::secrets::generated_secret_path(std::path::Path::new(from));
@@ -496,11 +495,10 @@ async fn copy_signing_secret(
     target: &dyn Store,
     to: &str,
 ) -> Result<&'static str, BoxError> {
-    let is_url = |s: &str| s.starts_with("postgres://") || s.starts_with("postgresql://");
     let Some(secret) = secret else {
         return Ok("");
     };
-    if is_url(to) {
+    if config::is_database_url(to) {
         target.set_signing_secret(secret).await?;
         return Ok(" and the signing secret");
     }
@@ -540,10 +538,9 @@ pub async fn store_copy(
 ) -> Result<(), BoxError> {
     use crate::store::Restore;
     const PAGE: usize = 5_000;
-    let is_url = |s: &str| s.starts_with("postgres://") || s.starts_with("postgresql://");
     // Opening a file creates it: a mistyped source must not pass for an
     // empty store (with --replace, it would empty the target).
-    if !is_url(from) && !std::path::Path::new(from).exists() {
+    if !config::is_database_url(from) && !std::path::Path::new(from).exists() {
         return Err(format!("the source {from} does not exist").into());
     }
     let source = open_store(common, from).await?;

@@ -479,15 +479,16 @@ fn seed_users(args: &ServeArgs) -> Result<Vec<SeedUser>, ConfigError> {
     Ok(users)
 }
 
-/// The signing configuration: secret, previous secrets, algorithm, key
-/// file, issuer and audiences.
+/// Whether `location` names a PostgreSQL database (else a redb file).
+pub fn is_database_url(location: &str) -> bool {
+    location.starts_with("postgres://") || location.starts_with("postgresql://")
+}
+
 /// `--database`, checked: a PostgreSQL URL, or none.
 pub fn database_url(common: &CommonArgs) -> Result<Option<String>, ConfigError> {
     match common.database.as_deref().map(str::trim) {
         None | Some("") => Ok(None),
-        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-            Ok(Some(url.to_string()))
-        }
+        Some(url) if is_database_url(url) => Ok(Some(url.to_string())),
         Some(_) => err("--database must be a postgres:// URL"),
     }
 }
@@ -501,6 +502,8 @@ fn secret_from_database(common: &CommonArgs, args: &ServeArgs) -> Result<bool, C
         && args.secret.secret_file.is_none())
 }
 
+/// The signing configuration: secret, previous secrets, algorithm, key
+/// file, issuer and audiences.
 fn signing_config(common: &CommonArgs, args: &ServeArgs) -> Result<SigningConfig, ConfigError> {
     use crate::cli::SigningAlgArg;
     let signing = &args.signing;

@@ -76,6 +76,19 @@ enum Step {
 /// The blocks a failure started (account, address), in milliseconds.
 pub type StartedBlocks = (Option<Duration>, Option<Duration>);
 
+/// The name a shared store keeps a budget or window under: the first 128
+/// bits of an HMAC of `parts` with the shared secret (the same on every
+/// instance; no email or address is stored).
+fn keyed_name(key: &hmac::Key, parts: &[&[u8]]) -> [u8; 16] {
+    let mut context = hmac::Context::with_key(key);
+    for part in parts {
+        context.update(part);
+    }
+    let mut name = [0u8; 16];
+    name.copy_from_slice(&context.sign().as_ref()[..16]);
+    name
+}
+
 /// The time budgets are decided by: the store's shared clock, so that
 /// instances whose clocks differ still agree on blocks and leases.
 async fn now(store: &dyn Store, clock: &Clock) -> Result<Millis, StoreError> {
@@ -105,16 +118,12 @@ impl SharedBudgets {
     /// of both versions share it during a rolling upgrade); an address's
     /// name has a prefix no email can have (a NUL).
     fn name(&self, kind: Budget, key: &[u8]) -> [u8; 16] {
-        let mut context = hmac::Context::with_key(&self.names);
-        context.update(b"latchkey login budget\0");
-        if kind == Budget::Address {
-            context.update(b"address\0");
-        }
-        context.update(key);
-        let tag = context.sign();
-        let mut name = [0u8; 16];
-        name.copy_from_slice(&tag.as_ref()[..16]);
-        name
+        let address: &[u8] = if kind == Budget::Address {
+            b"address\0"
+        } else {
+            b""
+        };
+        keyed_name(&self.names, &[b"latchkey login budget\0", address, key])
     }
 
     fn budget(&self, free: u32) -> LoginBudget {
@@ -303,15 +312,14 @@ impl SharedLimits {
         key: u128,
         per_hour: u32,
     ) -> Result<Result<(), Blocked>, StoreError> {
-        let mut context = hmac::Context::with_key(&self.names);
-        context.update(b"latchkey rate window\0");
-        context.update(match limit {
-            Limit::SignUp => b"sign-up\0".as_slice(),
-            Limit::EmailChange => b"email change\0".as_slice(),
-        });
-        context.update(&key.to_be_bytes());
-        let mut name = [0u8; 16];
-        name.copy_from_slice(&context.sign().as_ref()[..16]);
+        let kind: &[u8] = match limit {
+            Limit::SignUp => b"sign-up\0",
+            Limit::EmailChange => b"email change\0",
+        };
+        let name = keyed_name(
+            &self.names,
+            &[b"latchkey rate window\0", kind, &key.to_be_bytes()],
+        );
         let now = now(&*self.store, &self.clock).await?;
         let window = u64::try_from(super::SIGNUP_WINDOW.as_millis()).unwrap_or(u64::MAX);
         Ok(
